@@ -1,0 +1,17 @@
+"""rqplus: production-grade Redis job queues on top of RQ.
+
+Usage::
+
+    from rqplus import Queue, Worker
+    Queue("emails", connection=redis).enqueue(send_email, "a@example.com", "Hi", "Hello", priority=0)
+
+and on the command line: ``rq worker -w rqplus.Worker --queue-class rqplus.Queue emails``.
+"""
+
+from rqplus.defaults import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from rqplus.priority import priority_of
+from rqplus.queue import Queue
+from rqplus.worker import Worker
+
+__all__ = ["DEFAULT_PRIORITY", "MAX_PRIORITY", "MIN_PRIORITY", "Queue", "Worker", "priority_of"]
+__version__ = "0.1.0"

@@ -1,0 +1,116 @@
+"""The ``rqplus`` command line: a thin shell over :mod:`rqplus.stack` and :mod:`rqplus.durability`.
+
+Usage::
+
+    rqplus up --demo                 # embedded Redis (or $REDIS_URL), 2 workers, a live demo
+    rqplus up --workers 4 emails     # 4 workers on queue "emails"
+    rqplus check                     # is $REDIS_URL durable enough for queues? exit 0 yes, 1 no, 2 unreachable
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+from urllib.parse import unquote, urlsplit
+
+import click
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError, TimeoutError
+from redis.retry import Retry
+
+from rqplus import __version__, durability, stack
+from rqplus.connections import REDIS_URL_ENV, connect, redact, redis_url, url_is_configured
+
+#: Seconds ``rqplus check`` waits to connect and for each answer (one attempt, no retries).
+CHECK_TIMEOUT = 2.0
+
+
+@click.group()
+@click.version_option(__version__, prog_name="rqplus")
+def main() -> None:
+    """rqplus: RQ job queues with per-job priority."""
+
+
+@main.command(short_help="Run Redis and rqplus workers until Ctrl-C.")
+@click.option("--workers", "-n", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Number of worker processes.")
+@click.option("--demo", is_flag=True,
+              help='Enqueue demo jobs of every priority on queue "demo" and show their progress.')
+@click.option("--exit-when-done", is_flag=True, help="With --demo: stop once every demo job has run.")
+@click.option("--url", "-u", metavar="URL",
+              help="Redis to use (default: $REDIS_URL, else a local Redis, else an embedded one in ./.rqplus).")
+@click.argument("queues", nargs=-1)
+def up(workers: int, demo: bool, exit_when_done: bool, url: str | None, queues: tuple[str, ...]) -> None:
+    """Run a local stack: Redis and rqplus workers on QUEUES (default: "default") until Ctrl-C.
+
+    Without --url or $REDIS_URL, a Redis answering at 127.0.0.1:6379 is used; if none does, an
+    embedded redis-server with AOF is started, its data in ./.rqplus, so queued jobs outlive the run.
+    """
+    if exit_when_done and not demo:
+        raise click.UsageError("--exit-when-done needs --demo")
+    try:
+        stack.up(queues, workers=workers, url=url, demo=demo, exit_when_done=exit_when_done)
+    except stack.StackError as error:
+        click.echo(f"rqplus up: error: {error}", err=True)
+        raise SystemExit(error.exit_code) from None
+
+
+@main.command(short_help="Check that Redis is durable enough for queues.")
+@click.option("--url", "-u", metavar="URL", help="Redis to check (default: $REDIS_URL, else redis://127.0.0.1:6379/0).")
+def check(url: str | None) -> None:
+    """Check that a Redis keeps queued jobs through a crash or restart, and never evicts them.
+
+    Prints the verdict, each problem with the redis.conf line that fixes it, each warning, and the
+    settings read. Exits 0 when durable, 1 when not, 2 when Redis cannot be reached or read.
+    """
+    source = "--url" if url else f"${REDIS_URL_ENV}" if url_is_configured() else "default"
+    try:
+        chosen = redis_url(url)
+    except ValueError as error:  # not a Redis URL; the message is already redacted
+        _check_failed(str(error))
+    where = f"{redact(chosen)} (from {source})"
+    try:
+        client = connect(chosen, socket_connect_timeout=CHECK_TIMEOUT, socket_timeout=CHECK_TIMEOUT,
+                         retry=Retry(NoBackoff(), 0))
+        try:
+            report = durability.check(client)
+        finally:
+            client.close()
+    except AuthenticationError as error:
+        _check_failed(f"Redis at {where} refused the credentials: {_safe(error, chosen)}")
+    except (ConnectionError, TimeoutError) as error:
+        _check_failed(f"cannot reach Redis at {where}: {_safe(error, chosen)}")
+    except ResponseError as error:  # e.g. INFO forbidden by an ACL
+        _check_failed(f"cannot read the state of Redis at {where}: {_safe(error, chosen)}")
+    except (RedisError, ValueError) as error:  # not a Redis speaking, a port that is not a number...
+        _check_failed(f"cannot use Redis at {where}: {_safe(error, chosen)}")
+    click.echo(_render(report, where))
+    raise SystemExit(0 if report.ok else 1)
+
+
+def _render(report: durability.DurabilityReport, where: str) -> str:
+    """The report for a terminal: verdict first, then problems (with fixes), warnings, raw facts."""
+    lines = [f"durable: {'yes' if report.ok else 'NO'} - {where}"]
+    for title, items in (("problems", report.problems), ("warnings", report.warnings)):
+        if items:
+            lines += ["", f"{title}:", *(f"  - {item}" for item in items)]
+    width = max(map(len, report.facts), default=0)
+    lines += ["", "facts:", *(f"  {name:<{width}}  {value}" for name, value in report.facts.items())]
+    return "\n".join(lines)
+
+
+def _safe(error: Exception, url: str) -> str:
+    """``error`` as one line, with the password of ``url`` masked should the message repeat it."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    password = urlsplit(url).password
+    for secret in {password, unquote(password or "")} - {None, ""}:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _check_failed(message: str) -> NoReturn:
+    click.echo(f"rqplus check: error: {message}", err=True)
+    raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

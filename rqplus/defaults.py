@@ -1,0 +1,19 @@
+"""Default values used across rqplus, kept in one place (like ``rq.defaults``)."""
+
+#: Most urgent priority. Lower numbers run first, as in the seed's sorted-set convention.
+MIN_PRIORITY = 0
+#: Least urgent priority.
+MAX_PRIORITY = 9
+#: Priority given to jobs enqueued without one, and to jobs enqueued by stock RQ code.
+DEFAULT_PRIORITY = 5
+
+#: Where ``rqplus up`` looks for a Redis when ``REDIS_URL`` is unset.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: Directory for the embedded Redis' data and logs (relative to the working directory).
+DEFAULT_DATA_DIR = ".rqplus"
+#: Queues served by ``rqplus up`` when none are named.
+DEFAULT_QUEUES = ("default",)
+
+#: Largest serialized job (function reference and arguments) accepted at enqueue, in bytes;
+#: ``RQPLUS_MAX_PAYLOAD_BYTES`` overrides it. Big inputs belong in storage, with their key in the job.
+MAX_PAYLOAD_BYTES = 1024 * 1024

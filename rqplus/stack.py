@@ -1,0 +1,338 @@
+"""The local stack of ``rqplus up``: a Redis and rqplus worker processes, stopped cleanly together.
+
+The Redis is, in this order: the one named by ``url`` or ``$REDIS_URL`` (which must answer), one
+already answering at the local URL, or an embedded ``redis-server`` with AOF on, data in
+``./.rqplus/redis``, on the local URL's port if free, else on a free port. The local URL is
+``redis://127.0.0.1:6379/0`` unless ``$RQPLUS_LOCAL_URL`` (or ``local_url``) says otherwise, e.g.
+to keep a machine's own Redis out of tests.
+
+Usage::
+
+    from rqplus.stack import up
+    up(["emails"], workers=2)                     # what `rqplus up emails` runs; returns on Ctrl-C
+
+    with Stack(["emails"], workers=2) as stack:   # the same stack, driven from Python
+        Queue("emails", connection=stack.connection()).enqueue(send_email, priority=0)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit
+
+from redis import Redis
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+
+from rqplus.connections import REDIS_URL_ENV, connect, is_reachable, redact, redis_url, url_is_configured
+from rqplus.defaults import DEFAULT_DATA_DIR, DEFAULT_QUEUES, DEFAULT_REDIS_URL
+from rqplus.durability import check
+from rqplus.embedded import DURABLE_CONFIG, RedisServer, RedisServerError
+from rqplus.queue import Queue
+
+#: Environment variable naming where ``rqplus up`` looks for (or starts) a local Redis.
+LOCAL_URL_ENV = "RQPLUS_LOCAL_URL"
+#: How long a stopping worker may take to finish its current job before it is killed, in seconds.
+WORKER_STOP_TIMEOUT = 30.0
+#: How often ``up`` checks its processes and redraws the demo table, in seconds.
+REFRESH_SECONDS = 0.5
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StackError(RuntimeError):
+    """``rqplus up`` cannot go on; the message is one line for the user, ``exit_code`` its exit status."""
+
+    exit_code = 1
+
+
+class RedisUnavailable(StackError):
+    """The Redis the user chose (``--url`` or ``$REDIS_URL``) cannot be used."""
+
+    exit_code = 2
+
+
+def local_redis_url(url: str | None = None) -> str:
+    """Where to look for a local Redis: ``url``, else ``$RQPLUS_LOCAL_URL``, else redis://127.0.0.1:6379/0.
+
+    Usage: ``local_redis_url()  # -> 'redis://127.0.0.1:6379/0'``
+    """
+    return redis_url(url or os.environ.get(LOCAL_URL_ENV) or DEFAULT_REDIS_URL)
+
+
+def why_not_redis(url: str) -> str | None:
+    """None if a Redis answers at ``url``, else why not, in a few words (never the password).
+
+    Usage: ``why_not_redis("redis://127.0.0.1:6379/0")  # -> None, or 'nothing answers'``
+    """
+    try:
+        return None if is_reachable(url) else "nothing answers"
+    except AuthenticationError as error:
+        return f"it refused the credentials ({error})"
+    except RedisError as error:  # e.g. a server that does not speak Redis
+        return f"it does not answer as a Redis ({error})"
+    except ValueError as error:  # e.g. a port that is not a number
+        return f"not a valid URL ({error})"
+
+
+def port_is_free(port: int) -> bool:
+    """True if nothing listens on 127.0.0.1:``port``.
+
+    Usage: ``RedisServer(port=6379 if port_is_free(6379) else None)``
+    """
+    with socket.socket() as sock:
+        # as redis-server binds: a port left in TIME_WAIT by a stopped server is free to it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def worker_command(queues: Sequence[str]) -> list[str]:
+    """The ``rq worker`` command line of an rqplus worker, as a user would type it.
+
+    The Redis URL is not in it: it goes in ``$RQ_REDIS_URL``, where ``ps`` does not show its password.
+
+    Usage: ``subprocess.Popen(worker_command(["emails"]), env={**os.environ, "RQ_REDIS_URL": url})``
+    """
+    return [sys.executable, "-m", "rq.cli", "worker", "-w", "rqplus.Worker", "--queue-class", "rqplus.Queue",
+            "--with-scheduler", *queues]
+
+
+def stop_workers(workers: Sequence[subprocess.Popen], timeout: float = WORKER_STOP_TIMEOUT) -> None:
+    """Warm shutdown: SIGTERM each worker, wait up to ``timeout`` s, then SIGKILL each one's process group.
+
+    Only the worker gets SIGTERM: RQ then finishes the current job, whereas its work horse would
+    die of a SIGTERM. The group SIGKILL also takes whatever a killed worker leaves behind.
+
+    Usage: ``stop_workers(stack.workers, timeout=10)``
+    """
+    for worker in workers:
+        if worker.poll() is None:
+            worker.terminate()
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        try:
+            worker.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(worker.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        worker.wait()
+
+
+class Stack:
+    """A Redis (see the module's docstring for which) and ``workers`` rqplus worker processes on ``queues``.
+
+    Each worker runs ``worker_command`` in its own process group, with the current directory as
+    its working directory, its output in ``worker_log`` if given (else this process' terminal).
+    Progress lines go to ``out`` (default: stdout). As a context manager, leaving it stops everything.
+
+    Usage: ``with Stack(["emails"], url="redis://127.0.0.1:6380/0") as stack: ...``
+    """
+
+    def __init__(
+        self,
+        queues: Sequence[str] = DEFAULT_QUEUES,
+        workers: int = 2,
+        url: str | None = None,
+        local_url: str | None = None,
+        data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+        worker_log: str | os.PathLike | None = None,
+        out: TextIO | None = None,
+        stop_timeout: float = WORKER_STOP_TIMEOUT,
+    ):
+        self.queues = list(queues)
+        self.worker_count = workers
+        self.requested_url = url
+        self.local_url = local_url
+        self.data_dir = Path(data_dir)
+        self.worker_log = Path(worker_log) if worker_log is not None else None
+        self.out = out or sys.stdout
+        self.stop_timeout = stop_timeout
+        #: The URL of the Redis in use, once started.
+        self.url: str | None = None
+        #: The embedded Redis, if one was started.
+        self.server: RedisServer | None = None
+        self.workers: list[subprocess.Popen] = []
+
+    def say(self, line: str) -> None:
+        """Print one progress line for the user."""
+        print(line, file=self.out, flush=True)
+
+    def start(self) -> Stack:
+        """Find or start Redis, then start the workers. Raises ``StackError`` (``RedisUnavailable``)
+        and ``RedisServerError``; call ``stop`` in any case."""
+        self.url = self._choose_redis()
+        self._start_workers()
+        return self
+
+    def _choose_redis(self) -> str:
+        configured = bool(self.requested_url or url_is_configured())
+        try:
+            url = redis_url(self.requested_url) if configured else local_redis_url(self.local_url)
+        except ValueError as error:  # not a Redis URL
+            raise RedisUnavailable(str(error)) from error
+        source = ("--url" if self.requested_url else f"${REDIS_URL_ENV}") if configured else ""
+        problem = why_not_redis(url)
+        if problem is None:
+            self.say(f"Redis: {redact(url)} ({f'from {source}' if configured else 'already running'})")
+            self._warn_if_not_durable(url)
+            return url
+        if configured:
+            raise RedisUnavailable(f"cannot use Redis at {redact(url)} (from {source}): {problem}")
+        return self._start_embedded(url, problem)
+
+    def _start_embedded(self, local_url: str, problem: str) -> str:
+        port = urlsplit(local_url).port or 6379
+        self.server = RedisServer(config=DURABLE_CONFIG, port=port if port_is_free(port) else None,
+                                  data_dir=self.data_dir / "redis")
+        self.server.start()
+        moved = "" if self.server.port == port else f" (port {port} is taken: {problem})"
+        self.say(f"Redis: embedded redis-server pid {self.server.process.pid} at {self.server.url}{moved}, "
+                 f"AOF on, data in {self.server.data_dir}")
+        return self.server.url
+
+    def _warn_if_not_durable(self, url: str) -> None:
+        with connect(url) as client:
+            try:
+                report = check(client)
+            except ResponseError as error:  # INFO forbidden by an ACL
+                self.say(f"warning: could not check that this Redis is durable: {error}")
+                return
+        if not report.ok:
+            self.say("warning: this Redis is not durable: " + "; ".join(report.problems))
+
+    def _start_workers(self) -> None:
+        env = {**os.environ, "RQ_REDIS_URL": self.url}
+        log = None
+        if self.worker_log:
+            self.worker_log.parent.mkdir(parents=True, exist_ok=True)
+            log = open(self.worker_log, "a")
+        try:
+            for _ in range(self.worker_count):
+                self.workers.append(subprocess.Popen(
+                    worker_command(self.queues), env=env, start_new_session=True,
+                    stdout=log, stderr=subprocess.STDOUT if log else None,
+                ))
+        finally:
+            if log:
+                log.close()
+        pids = ", ".join(str(worker.pid) for worker in self.workers)
+        logs = f"; their logs in {self.worker_log}" if self.worker_log else ""
+        self.say(f"Workers: {len(self.workers)} rqplus workers (pids {pids}) with scheduler on queues "
+                 f"{', '.join(self.queues)}{logs}")
+
+    def connection(self) -> Redis:
+        """A new client of the Redis in use."""
+        return connect(self.url)
+
+    def check(self) -> None:
+        """Raise ``StackError`` if a worker or the embedded Redis has exited."""
+        for worker in self.workers:
+            if worker.poll() is not None:
+                logs = f"; see {self.worker_log}" if self.worker_log else ""
+                raise StackError(f"worker pid {worker.pid} exited with status {worker.returncode}{logs}")
+        if self.server and self.server.process and self.server.process.poll() is not None:
+            raise StackError(f"the embedded redis-server exited; see {self.server.log_path}")
+
+    def stop(self) -> None:
+        """Stop the workers (each finishes its current job), then the embedded Redis (AOF flushed, data kept)."""
+        if self.workers:
+            self.say(f"Stopping {len(self.workers)} workers: each finishes its current job "
+                     f"(killed after {self.stop_timeout:g} s)")
+            stop_workers(self.workers, self.stop_timeout)
+        if self.server:
+            self.server.stop()
+            self.say(f"Stopped the embedded Redis; its data stays in {self.server.data_dir} for the next run")
+
+    def __enter__(self) -> Stack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM (systemd, docker stop) stops ``up`` as Ctrl-C does, even where SIGINT was ignored."""
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def up(
+    queues: Sequence[str] = (),
+    workers: int = 2,
+    url: str | None = None,
+    demo: bool = False,
+    exit_when_done: bool = False,
+    local_url: str | None = None,
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+    out: TextIO | None = None,
+) -> None:
+    """Run a ``Stack`` until Ctrl-C or SIGTERM, then stop it cleanly; call from the main thread.
+
+    ``demo`` also enqueues the demo batch (:mod:`tasks.demo`) and shows its progress table;
+    with ``exit_when_done`` it returns once no demo job is queued or running.
+    Raises ``StackError`` (``exit_code`` 2 for an unusable ``url`` / ``$REDIS_URL``).
+
+    Usage: ``up(["emails"], workers=4)``
+    """
+    if demo:
+        from tasks import demo as demo_jobs  # the repo's job package: only the demo needs it
+
+        queues = [*queues, demo_jobs.QUEUE] if demo_jobs.QUEUE not in queues else queues
+    data_dir = Path(data_dir)
+    stack = Stack(queues or DEFAULT_QUEUES, workers=workers, url=url, local_url=local_url, data_dir=data_dir,
+                  # the demo table needs the terminal to itself
+                  worker_log=data_dir / "workers.log" if demo else None, out=out)
+    with _stopped_by_signals():
+        try:
+            stack.start()
+            progress = None
+            if demo:
+                progress = demo_jobs.Progress(Queue(demo_jobs.QUEUE, connection=stack.connection()), stack.out)
+                stack.say(progress.start())
+            stack.say("Press Ctrl-C to stop.")
+            while True:
+                stack.check()
+                if progress and progress.refresh() and exit_when_done:
+                    break
+                time.sleep(REFRESH_SECONDS)
+        except KeyboardInterrupt:
+            pass
+        except RedisServerError as error:
+            raise StackError(str(error)) from error
+        except RedisError as error:
+            raise StackError(f"Redis failed: {error}") from error
+        finally:
+            # a second Ctrl-C must not cut the shutdown short: that is how orphans are made
+            for sig in _STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
+            stack.stop()
+    stack.say("Stopped.")

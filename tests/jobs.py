@@ -1,0 +1,59 @@
+"""Job functions for tests, importable by worker subprocesses (run from the repo root).
+
+Each records its run in the Redis list ``RAN_KEY`` of the worker's own connection, so a test can
+read the order in which jobs really started.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rq import get_current_job
+
+RAN_KEY = "test:ran"
+
+
+def record(tag: str, seconds: float = 0.0) -> str:
+    """Append ``tag`` to ``RAN_KEY`` when the job starts, then sleep ``seconds``."""
+    get_current_job().connection.rpush(RAN_KEY, tag)
+    time.sleep(seconds)
+    return tag
+
+
+def fail(tag: str) -> None:
+    """Record ``tag``, then raise."""
+    record(tag)
+    raise RuntimeError(f"job {tag} failed on purpose")
+
+
+def ran(connection) -> list[str]:
+    """The tags recorded so far, in start order."""
+    return [tag.decode() for tag in connection.lrange(RAN_KEY, 0, -1)]
+
+
+WAITING_KEY = "test:waiting"
+
+
+def record_waiting(tag: str, seconds: float = 0.0) -> str:
+    """``record``, and also note the most urgent priority still waiting in this job's queue at start."""
+    job = get_current_job()
+    queued = job.connection.lrange(f"rq:queue:{job.origin}", 0, -1)
+    priorities = [int(job.connection.hget(f"rq:job:{job_id.decode()}", "priority") or 5) for job_id in queued]
+    job.connection.rpush(WAITING_KEY, min(priorities, default=99))
+    return record(tag, seconds)
+
+
+def count_run(tag: str, seconds: float = 0.0) -> str:
+    """``record``, and count the runs of ``tag`` in ``test:runs`` (a hash tag -> runs)."""
+    get_current_job().connection.hincrby("test:runs", tag, 1)
+    return record(tag, seconds)
+
+
+def crash_worker(tag: str) -> None:
+    """Record, then SIGKILL this job's worker (the parent) and its work-horse (this process), as a crash would."""
+    import os
+    import signal
+
+    record(tag)
+    os.kill(os.getppid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,253 @@
+"""rqplus/queue.py against a real redis-server: run order, every entry point, nothing half-written."""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
+from rq import Queue as RQQueue
+from rq import Retry
+from rq.exceptions import InvalidJobOperation
+from rq.registry import ScheduledJobRegistry
+
+from rqplus import Queue, Worker, priority_of
+from rqplus.embedded import DURABLE_CONFIG
+from rqplus.exceptions import DurabilityError
+from rqplus.scheduler import PriorityScheduler
+from tests.jobs import ran
+
+JOB = "tests.jobs.record"
+
+
+def priorities_in_queue(queue: Queue) -> list[int]:
+    return [priority_of(job) for job in queue.get_jobs()]
+
+
+def snapshot(redis) -> dict[bytes, bytes]:
+    """Every key with its serialized value: equal snapshots mean nothing was written."""
+    return {key: redis.dump(key) for key in redis.keys("*")}
+
+
+def test_jobs_are_kept_in_priority_order_fifo_within_a_priority(redis):
+    queue = Queue("q", connection=redis)
+    rng = random.Random(7)
+    wanted = [rng.randint(0, 9) for _ in range(300)]
+    jobs = [queue.enqueue(JOB, str(n), priority=p) for n, p in enumerate(wanted)]
+    expected = [job.id for _, _, job in sorted((p, n, job) for n, (p, job) in enumerate(zip(wanted, jobs)))]
+    assert queue.get_job_ids() == expected
+
+
+def test_priority_is_stored_in_meta_and_in_the_job_hash(redis):
+    job = Queue("q", connection=redis).enqueue(JOB, "a", priority=2, meta={"owner": "x"})
+    assert job.meta == {"owner": "x", "priority": 2}
+    assert redis.hget(job.key, "priority") == b"2"
+    assert priority_of(job.fetch(job.id, connection=redis)) == 2
+
+
+def test_default_priority_and_meta_priority(redis):
+    queue = Queue("q", connection=redis)
+    assert priority_of(queue.enqueue(JOB, "a")) == 5
+    assert priority_of(queue.enqueue(JOB, "b", meta={"priority": 1})) == 1
+
+
+def test_at_front_goes_first_among_its_own_priority_only(redis):
+    queue = Queue("q", connection=redis)
+    urgent = queue.enqueue(JOB, "u", priority=0)
+    same = [queue.enqueue(JOB, str(n), priority=5) for n in range(3)]
+    late = queue.enqueue(JOB, "l", priority=9)
+    front = queue.enqueue(JOB, "f", priority=5, at_front=True)
+    assert queue.get_job_ids() == [urgent.id, front.id, *[j.id for j in same], late.id]
+
+
+def test_enqueue_call_and_enqueue_many_take_priority(redis):
+    queue = Queue("q", connection=redis)
+    low = queue.enqueue_call(func=JOB, args=("low",), priority=9)
+    high, mid = queue.enqueue_many(
+        [Queue.prepare_data(JOB, ("high",), priority=0), Queue.prepare_data(JOB, ("mid",), priority=4)]
+    )
+    assert queue.get_job_ids() == [high.id, mid.id, low.id]
+
+
+def test_unique_enqueue_is_put_in_priority_order(redis):
+    queue = Queue("q", connection=redis)
+    queue.enqueue(JOB, "a", priority=5)
+    job = queue.enqueue(JOB, "u", priority=1, job_id="only-once", unique=True)
+    assert queue.get_job_ids()[0] == job.id
+    assert redis.hget(job.key, "priority") == b"1"
+
+
+def test_jobs_enqueued_by_stock_rq_count_as_default_priority(redis):
+    Queue("q", connection=redis).enqueue(JOB, "plus9", priority=9)
+    stock = RQQueue("q", connection=redis).enqueue(JOB, "stock")  # appended at the tail by RQ
+    assert RQQueue("q", connection=redis).get_job_ids()[-1] == stock.id
+    urgent = Queue("q", connection=redis).enqueue(JOB, "p4", priority=4)
+    ids = RQQueue("q", connection=redis).get_job_ids()
+    assert ids.index(urgent.id) == 0
+    assert Queue("q", connection=redis).reposition(stock.id)
+    assert Queue("q", connection=redis).get_job_ids()[1] == stock.id
+
+
+def test_reposition_of_a_job_not_in_the_queue_is_false(redis):
+    assert Queue("q", connection=redis).reposition("no-such-job") is False
+
+
+ENTRY_POINTS = {
+    "enqueue": lambda q, p: q.enqueue(JOB, "x", priority=p),
+    "enqueue_call": lambda q, p: q.enqueue_call(func=JOB, args=("x",), priority=p),
+    "enqueue_at": lambda q, p: q.enqueue_at(datetime.now(UTC) + timedelta(hours=1), JOB, "x", priority=p),
+    "enqueue_in": lambda q, p: q.enqueue_in(timedelta(hours=1), JOB, "x", priority=p),
+    "enqueue_many": lambda q, p: q.enqueue_many([Queue.prepare_data(JOB, ("x",), priority=p)]),
+    "meta": lambda q, p: q.enqueue(JOB, "x", meta={"priority": p}),
+}
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("bad, error", [("1", TypeError), (1.5, TypeError), (math.nan, TypeError),
+                                        (True, TypeError), (-1, ValueError), (10, ValueError)])
+def test_bad_priority_fails_before_anything_is_written(redis, entry, bad, error):
+    queue = Queue("q", connection=redis)
+    queue.enqueue(JOB, "already-there")
+    before = snapshot(redis)
+    with pytest.raises(error, match=r"0 \(most urgent\) to 9"):
+        ENTRY_POINTS[entry](queue, bad)
+    assert snapshot(redis) == before
+
+
+def test_requeue_failed_keeps_priority(redis):
+    queue = Queue("q", connection=redis)
+    failed = queue.enqueue("tests.jobs.fail", "f", priority=1)
+    Worker([queue], connection=redis).work(burst=True)
+    assert failed.get_status(refresh=True) == "failed"
+    waiting = [queue.enqueue(JOB, str(n), priority=5) for n in range(3)]
+    queue.requeue_failed(failed.id)
+    assert queue.get_job_ids() == [failed.id, *[j.id for j in waiting]]
+    with pytest.raises(InvalidJobOperation):
+        queue.requeue_failed(waiting[0].id)
+
+
+def test_retry_keeps_priority(redis):
+    queue = Queue("q", connection=redis)
+    first = queue.enqueue(JOB, "first", priority=0)
+    retried = queue.enqueue("tests.jobs.fail", "retried", priority=1, retry=Retry(max=1))
+    later = [queue.enqueue(JOB, str(n), priority=p) for n, p in enumerate([5, 9])]
+    Worker([queue], connection=redis).work(burst=True, max_jobs=2)
+    assert ran(redis) == ["first", "retried"]
+    assert first.get_status(refresh=True) == "finished"
+    assert queue.get_job_ids() == [retried.id, *[j.id for j in later]]
+
+
+def test_scheduled_jobs_join_the_queue_at_their_priority(redis):
+    queue = Queue("q", connection=redis)
+    waiting = [queue.enqueue(JOB, str(n), priority=5) for n in range(3)]
+    due = queue.enqueue_at(datetime.now(UTC) - timedelta(seconds=1), JOB, "due", priority=0)
+    assert ScheduledJobRegistry(queue=queue).get_job_ids() == [due.id]
+    scheduler = PriorityScheduler([queue], connection=redis)
+    scheduler.acquire_locks()
+    scheduler.enqueue_scheduled_jobs()
+    scheduler.release_locks()
+    assert queue.get_job_ids() == [due.id, *[j.id for j in waiting]]
+
+
+def test_worker_with_scheduler_runs_due_jobs_by_priority(redis):
+    queue = Queue("q", connection=redis)
+    queue.enqueue(JOB, "normal", priority=5)
+    queue.enqueue_in(timedelta(seconds=-1), JOB, "urgent-due", priority=0)
+    Worker([queue], connection=redis).work(burst=True, with_scheduler=True)
+    assert ran(redis) == ["urgent-due", "normal"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.integers(0, 9), st.none()), min_size=1, max_size=40))
+def test_no_priority_inversion_under_any_interleaving(redis, ops):
+    """ops: an int enqueues at that priority, None dequeues (RQ's own reliable LMOVE)."""
+    redis.flushall()
+    queue = Queue("q", connection=redis)
+    present: dict[str, tuple[int, int]] = {}  # job id -> (priority, enqueue sequence)
+    for seq, op in enumerate(ops):
+        if op is not None:
+            present[queue.enqueue(JOB, "x", priority=op).id] = (op, seq)
+            continue
+        result = Queue.dequeue_any([queue], None, connection=redis)
+        if result is None:
+            assert not present
+            continue
+        job, _ = result
+        assert present[job.id] == min(present.values()), "a less urgent or later job was served first"
+        del present[job.id]
+
+
+def test_durable_queue_refuses_a_non_durable_redis_and_writes_nothing(redis):
+    queue = Queue("payments", connection=redis, durable=True)
+    before = snapshot(redis)
+    with pytest.raises(DurabilityError, match="AOF is off") as err:
+        queue.enqueue(JOB, "charge")
+    assert err.value.problems and "appendonly yes" in err.value.problems[0]
+    assert snapshot(redis) == before
+
+
+def test_durable_queue_enqueues_on_a_durable_redis(redis_factory):
+    server = redis_factory(**DURABLE_CONFIG)
+    job = Queue("payments", connection=server.client(), durable=True).enqueue(JOB, "charge", priority=1)
+    assert job.get_status() == "queued"
+
+
+@pytest.mark.parametrize("enqueue, error, message", [
+    (lambda q: q.enqueue(lambda: None), ValueError, "__main__|cannot be imported"),
+    (lambda q: q.enqueue(JOB, threading.Lock()), TypeError, "cannot be serialized.*lock"),
+    (lambda q: q.enqueue(JOB, lambda: None), TypeError, "cannot be serialized"),
+    (lambda q: q.enqueue(JOB, "x" * 10_000_000), ValueError, "over the 1048576 byte limit"),
+    (lambda q: q.enqueue_many([Queue.prepare_data(JOB, (threading.Lock(),))]), TypeError, "cannot be serialized"),
+])
+def test_bad_job_input_fails_clearly_before_anything_is_written(redis, enqueue, error, message):
+    queue = Queue("q", connection=redis)
+    before = snapshot(redis)
+    with pytest.raises(error, match=message):
+        enqueue(queue)
+    assert snapshot(redis) == before
+
+
+def test_nested_functions_are_refused_at_enqueue(redis):
+    def nested():
+        return None
+
+    nested.__module__ = "tests.test_queue"
+    with pytest.raises(ValueError, match="cannot be imported by a worker"):
+        Queue("q", connection=redis).enqueue(nested)
+
+
+def test_out_of_memory_redis_refuses_the_enqueue_whole(redis_factory):
+    server = redis_factory(maxmemory="2mb", maxmemory_policy="noeviction")
+    client = server.client()
+    queue = Queue("q", connection=client)
+    with pytest.raises(OutOfMemoryError):
+        for n in range(10_000):
+            queue.enqueue(JOB, "x" * 2000, priority=n % 10)
+    before = snapshot(client)
+    with pytest.raises(OutOfMemoryError):
+        queue.enqueue(JOB, "one more")
+    assert snapshot(client) == before
+    ids = queue.get_job_ids()
+    assert all(client.exists(f"rq:job:{job_id}") for job_id in ids), "a queued id without its job hash"
+
+
+def test_read_only_replica_is_a_clear_error(redis_factory):
+    primary = redis_factory()
+    replica = redis_factory(replicaof=("127.0.0.1", primary.port))
+    with pytest.raises(ReadOnlyError, match="read only replica"):
+        Queue("q", connection=replica.client()).enqueue(JOB, "x")
+
+
+def test_multi_queue_dequeue_refuses_an_indefinite_timeout_like_rq(redis):
+    queues = [Queue("a", connection=redis), Queue("b", connection=redis)]
+    with pytest.raises(ValueError, match="indefinite timeouts"):
+        Queue.dequeue_any(queues, timeout=0, connection=redis)
+    assert Queue.dequeue_any(queues, timeout=None, connection=redis) is None
+    queues[1].enqueue(JOB, "b")
+    job, queue = Queue.dequeue_any(queues, timeout=None, connection=redis)
+    assert queue.name == "b" and redis.lrange(queue.intermediate_queue_key, 0, -1) == [job.id.encode()]
