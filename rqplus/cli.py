@@ -5,6 +5,7 @@ Usage::
     rqplus up --demo                 # embedded Redis (or $REDIS_URL), 2 workers, a live demo
     rqplus up --workers 4 emails     # 4 workers on queue "emails"
     rqplus check                     # is $REDIS_URL durable enough for queues? exit 0 yes, 1 no, 2 unreachable
+    rqplus dashboard                 # the secured dashboard on http://127.0.0.1:9181/
 """
 
 from __future__ import annotations
@@ -85,6 +86,41 @@ def check(url: str | None) -> None:
         _check_failed(f"cannot use Redis at {where}: {_safe(error, chosen)}")
     click.echo(_render(report, where))
     raise SystemExit(0 if report.ok else 1)
+
+
+@main.command(short_help="Serve the dashboard: rq-dashboard, secured, with rqplus' views.")
+@click.option("--url", "-u", metavar="URL", help="Redis to show (default: $REDIS_URL, else redis://127.0.0.1:6379/0).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=9181, show_default=True, help="Port to listen on.")
+@click.option("--prefix", default="/rq", show_default=True, help="Where rq-dashboard's pages live.")
+@click.option("--no-auth", is_flag=True, help="Serve without authentication (loopback addresses only).")
+def dashboard(url: str | None, host: str, port: int, prefix: str, no_auth: bool) -> None:
+    """Serve the dashboard with waitress: rq-dashboard at --prefix, rqplus' pages at /.
+
+    Sign-in credentials come from $RQPLUS_DASHBOARD_USERNAME and $RQPLUS_DASHBOARD_PASSWORD
+    (HTTP Basic auth is accepted too); without them it refuses to start unless --no-auth is given.
+    """
+    from rqplus import dashboard as board  # Flask and rq-dashboard are only needed here
+
+    if no_auth and not board.is_loopback(host):
+        raise click.UsageError(f"--no-auth serves loopback addresses only, not {host}: set "
+                               "RQPLUS_DASHBOARD_USERNAME and RQPLUS_DASHBOARD_PASSWORD to listen there")
+    try:
+        app = board.create_app(url, auth=not no_auth, prefix=prefix)
+        server = board.make_server(app, host, port)
+    except (board.DashboardConfigError, ValueError, OSError) as error:  # no credentials, bad URL, port taken
+        click.echo(f"rqplus dashboard: error: {error}", err=True)
+        raise SystemExit(2) from None
+    shown_host = f"[{host}]" if ":" in host else host
+    click.echo(f"rqplus dashboard: http://{shown_host}:{server.effective_port}/ (Redis {redact(redis_url(url))})")
+    if no_auth:
+        click.echo("rqplus dashboard: authentication is OFF (--no-auth): listening on loopback only", err=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
 
 
 def _render(report: durability.DurabilityReport, where: str) -> str:

@@ -1,0 +1,222 @@
+"""What the dashboard's buttons do: requeue (at the job's priority), delete, empty, compact, bulk
+requeue. Each is recorded in the audit log, and refuses cleanly (:class:`ActionError` with an HTTP
+status and a message) instead of failing half-way.
+
+Usage::
+
+    from rqplus.dashboard.actions import Actor, requeue
+    requeue(redis, job_id, Actor("admin", "127.0.0.1"))      # back in its queue, at its priority
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+from redis import Redis
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import JobStatus
+from rq.registry import (BaseRegistry, CanceledJobRegistry, DeferredJobRegistry, FailedJobRegistry,
+                         FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry)
+
+from rqplus.dashboard import audit
+from rqplus.dashboard.payloads import DashboardJob, serializer_for, withheld_in
+from rqplus.queue import Queue
+
+#: The registries rq-dashboard's "Empty" button can clear, by the name in its URLs.
+REGISTRIES: dict[str, type[BaseRegistry]] = {
+    "failed": FailedJobRegistry, "deferred": DeferredJobRegistry, "started": StartedJobRegistry,
+    "finished": FinishedJobRegistry, "canceled": CanceledJobRegistry, "scheduled": ScheduledJobRegistry,
+}
+#: Failed jobs looked at per queue by the bulk requeue filter.
+BULK_SCAN_LIMIT = 5000
+
+
+class ActionError(Exception):
+    """An action refused: ``status`` is the HTTP status to answer (404 unknown, 409 wrong state)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts, for the audit log."""
+
+    user: str
+    ip: str | None = None
+
+
+def fetch(connection: Redis, job_id: str) -> DashboardJob:
+    """The job, loaded safely; :class:`ActionError` 404 when it does not exist.
+
+    Usage: ``fetch(redis, job_id).get_status()``
+    """
+    try:
+        return DashboardJob.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        raise ActionError(404, f"no job {job_id!r}: it finished and expired, was deleted, or never existed") from None
+
+
+def requeue(connection: Redis, job_id: str, actor: Actor) -> DashboardJob:
+    """Put a failed job back in its queue at its own priority (through ``rqplus.Queue.requeue_failed``).
+
+    Raises :class:`ActionError`: 404 for an unknown job, 409 for a job that is not failed or
+    whose meta holds objects the dashboard does not load (saving it back would change them).
+
+    Usage: ``requeue(redis, job_id, Actor("admin"))``
+    """
+    job = _requeue(connection, job_id)
+    audit.record(connection, actor.user, "requeue", f"job {job_id}", ip=actor.ip, queue=job.origin)
+    return job
+
+
+def _requeue(connection: Redis, job_id: str) -> DashboardJob:
+    job = fetch(connection, job_id)
+    status = job.get_status(refresh=False)
+    if status != JobStatus.FAILED:
+        raise ActionError(409, f"job {job_id} is {status.value if status else 'without a status'}, not failed: "
+                               "only failed jobs are requeued")
+    withheld = withheld_in(job.meta)
+    if withheld:
+        raise ActionError(409, f"job {job_id} has meta the dashboard does not load ({', '.join(withheld)}): "
+                               "requeue it from Python with rqplus.Queue.requeue_failed")
+    # saved back with the serializer that wrote it, so the worker reads it as before
+    queue = Queue(job.origin, connection=connection, serializer=serializer_for(job.data))
+    try:
+        queue.requeue_failed(job_id)
+    except InvalidJobOperation:
+        raise ActionError(409, f"job {job_id} is not in the failed registry of queue {job.origin!r}") from None
+    return job
+
+
+def requeue_all(connection: Redis, queue_name: str, actor: Actor) -> int:
+    """Requeue every failed job of ``queue_name`` at its priority; returns how many were requeued.
+
+    Usage: ``requeue_all(redis, "emails", Actor("admin"))``
+    """
+    job_ids = FailedJobRegistry(queue_name, connection=connection).get_job_ids(cleanup=False)
+    return _requeue_many(connection, job_ids, actor, f"failed jobs of queue {queue_name}")
+
+
+@dataclass
+class FailedJob:
+    """A failed job as the bulk requeue filter sees it."""
+
+    id: str
+    queue: str
+    function: str
+    exception: str
+
+
+def failed_jobs(connection: Redis, queue: str | None = None, function: str | None = None,
+                exception: str | None = None) -> list[FailedJob]:
+    """Failed jobs matching every filter given (exact queue, function and exception type names).
+
+    Usage: ``failed_jobs(redis, queue="emails", exception="TimeoutError")``
+    """
+    names = [queue] if queue else sorted(q.name for q in Queue.all(connection=connection))
+    found = []
+    for name in names:
+        job_ids = FailedJobRegistry(name, connection=connection).get_job_ids(0, BULK_SCAN_LIMIT - 1, cleanup=False)
+        for job in DashboardJob.fetch_many(job_ids, connection=connection):
+            if job is None:
+                continue
+            item = FailedJob(job.id, name, _function_of(job), exception_type(_exc_text(job)))
+            if (not function or item.function == function) and (not exception or item.exception == exception):
+                found.append(item)
+    return found
+
+
+def requeue_matching(connection: Redis, jobs: list[FailedJob], actor: Actor, what: str) -> int:
+    """Requeue the given failed jobs (from :func:`failed_jobs`); returns how many were requeued.
+
+    Usage: ``requeue_matching(redis, failed_jobs(redis, queue="q"), Actor("admin"), "queue q")``
+    """
+    return _requeue_many(connection, [job.id for job in jobs], actor, what)
+
+
+def _requeue_many(connection: Redis, job_ids: list[str], actor: Actor, what: str) -> int:
+    requeued = skipped = 0
+    for job_id in job_ids:
+        try:
+            _requeue(connection, job_id)
+            requeued += 1
+        except ActionError:  # one odd job (gone, requeued meanwhile) must not stop the rest
+            skipped += 1
+    # one entry for the whole batch, with its counts
+    audit.record(connection, actor.user, "requeue-many", what, ip=actor.ip, count=requeued, skipped=skipped)
+    return requeued
+
+
+def delete(connection: Redis, job_id: str, actor: Actor) -> None:
+    """Delete a job and remove it from its queue and registries; 404 when it does not exist.
+
+    Usage: ``delete(redis, job_id, Actor("admin"))``
+    """
+    job = fetch(connection, job_id)
+    job.delete()
+    audit.record(connection, actor.user, "delete", f"job {job_id}", ip=actor.ip, queue=job.origin)
+
+
+def empty(connection: Redis, queue_name: str, registry_name: str, actor: Actor) -> int:
+    """Delete every job of a queue (``registry_name`` "queued") or of one of its registries.
+
+    Returns how many were removed; 404 for a registry name rq-dashboard does not have.
+
+    Usage: ``empty(redis, "emails", "failed", Actor("admin"))``
+    """
+    if registry_name == "queued":
+        queue = Queue(queue_name, connection=connection)
+        count = queue.count
+        queue.empty()
+    elif registry_name in REGISTRIES:
+        registry = REGISTRIES[registry_name](queue_name, connection=connection)
+        job_ids = registry.get_job_ids(cleanup=False)
+        for job_id in job_ids:
+            try:
+                DashboardJob.fetch(job_id, connection=connection).delete()
+            except NoSuchJobError:  # an id whose job hash is gone: drop the id itself
+                registry.remove(job_id)
+        count = len(job_ids)
+    else:
+        raise ActionError(404, f"no registry {registry_name!r}: one of queued, {', '.join(REGISTRIES)}")
+    audit.record(connection, actor.user, "empty", f"queue {queue_name} ({registry_name})", ip=actor.ip, count=count)
+    return count
+
+
+def compact(connection: Redis, queue_name: str, actor: Actor) -> None:
+    """Drop ids of jobs that no longer exist from a queue (RQ's ``Queue.compact``).
+
+    Usage: ``compact(redis, "emails", Actor("admin"))``
+    """
+    Queue(queue_name, connection=connection).compact()
+    audit.record(connection, actor.user, "compact", f"queue {queue_name}", ip=actor.ip)
+
+
+def exception_type(exc_text: str | None) -> str:
+    """The exception's type name from a traceback or ``"Type: message"`` text; "" when there is none.
+
+    Usage: ``exception_type("Traceback ...\\nValueError: bad input") == "ValueError"``
+    """
+    lines = [line for line in (exc_text or "").strip().splitlines() if line.strip()]
+    return lines[-1].split(":", 1)[0].strip() if lines else ""
+
+
+def _exc_text(job: DashboardJob) -> str | None:
+    result = job.latest_result()
+    if result and result.exc_string:
+        return result.exc_string
+    # jobs failed without a result entry (rqplus' quarantine, older RQ) keep it on the job itself
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return job.exc_info
+
+
+def _function_of(job: DashboardJob) -> str:
+    try:
+        return job.func_name or "?"
+    except Exception:  # unreadable job data (RQ raises DeserializationError): still listed
+        return "?"

@@ -1,0 +1,120 @@
+"""The dashboard application: rq-dashboard at ``/rq`` (secured, patched) and rqplus' pages at ``/``,
+served by waitress.
+
+Usage::
+
+    from rqplus.dashboard import create_app, serve
+    serve(create_app("redis://127.0.0.1:6379/0"), "127.0.0.1", 9181)   # credentials from the environment
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import pickle
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+from flask import Flask, jsonify, render_template, request
+from redis.exceptions import RedisError
+from rq.exceptions import DeserializationError
+from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
+
+from rqplus.connections import connect, redact, redis_url
+from rqplus.dashboard import rqdashboard, security
+from rqplus.dashboard.actions import ActionError
+from rqplus.dashboard.payloads import Masker
+from rqplus.dashboard.security import Credentials
+from rqplus.dashboard.views import Dashboard, blueprint
+
+HERE = Path(__file__).resolve().parent
+#: Keeps sessions valid across restarts and between processes serving one dashboard; random otherwise.
+SECRET_KEY_ENV = "RQPLUS_DASHBOARD_SECRET_KEY"
+DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PREFIX = "127.0.0.1", 9181, "/rq"
+
+
+class DashboardConfigError(ValueError):
+    """The dashboard cannot start as configured (no credentials, --no-auth on a public address)."""
+
+
+def create_app(url: str | None = None, *, credentials: Credentials | None = None, auth: bool = True,
+               prefix: str = DEFAULT_PREFIX, secret_key: str | None = None,
+               mask_keys: Iterable[str] | None = None) -> Flask:
+    """The dashboard as a Flask app, for ``serve`` or for mounting in an existing WSGI app.
+
+    ``url``: the Redis (default ``$REDIS_URL``, see :mod:`rqplus.connections`). ``credentials``:
+    default from ``$RQPLUS_DASHBOARD_USERNAME`` / ``$RQPLUS_DASHBOARD_PASSWORD``; without them
+    :class:`DashboardConfigError` is raised unless ``auth=False`` (then anyone reaching the port
+    may use it). ``prefix``: where rq-dashboard's pages live. ``mask_keys``: key fragments whose
+    values are masked (default ``$RQPLUS_DASHBOARD_MASK_KEYS`` or password, token, secret, card,
+    cvv, iban).
+
+    Usage: ``DispatcherMiddleware(main_app, {"/queues": create_app(credentials=Credentials("ops", pw))})``
+    """
+    if auth:
+        credentials = credentials or Credentials.from_env()
+        if credentials is None:
+            raise DashboardConfigError(
+                f"no dashboard credentials: set {security.USERNAME_ENV} and {security.PASSWORD_ENV} "
+                "(or run with --no-auth, loopback only)")
+    else:
+        credentials = None
+    chosen = redis_url(url)
+    app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
+    app.config["SECRET_KEY"] = secret_key or os.environ.get(SECRET_KEY_ENV) or secrets.token_hex(32)
+    app.extensions["rqplus.dashboard"] = Dashboard(connect(chosen), Masker(mask_keys), chosen)
+    security.install(app, credentials)
+    app.register_blueprint(blueprint)
+    rqdashboard.mount(app, chosen, prefix)
+    _answer_cleanly(app)
+    return app
+
+
+def _answer_cleanly(app: Flask) -> None:
+    """Refusals and unreadable data answer with a status and a message, never a bare HTTP 500."""
+
+    def answer(status: int, message: str):
+        if any(mime == "text/html" for mime, _ in request.accept_mimetypes):
+            return render_template("rqplus/error.html", status=status, message=message), status
+        return jsonify(status="ERROR", message=message), status
+
+    app.register_error_handler(ActionError, lambda error: answer(error.status, error.message))
+    app.register_error_handler(DeserializationError, lambda error: answer(409, "this job's data cannot be read"))
+    app.register_error_handler(pickle.UnpicklingError, lambda error: answer(409, "this job's data cannot be read"))
+    app.register_error_handler(RedisError, lambda error: answer(
+        503, f"Redis at {redact(app.extensions['rqplus.dashboard'].url)} cannot be reached or read: "
+             f"{type(error).__name__}"))
+
+
+def make_server(app: Flask, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                threads: int = 8) -> BaseWSGIServer | MultiSocketServer:
+    """A waitress server for ``app``, bound but not yet serving: ``.run()`` serves until ``.close()``.
+
+    ``port=0`` picks a free port (``server.effective_port``). For running beside other work, e.g.
+    in ``rqplus up``: ``threading.Thread(target=server.run, daemon=True).start()``.
+
+    Usage: ``server = make_server(create_app(), "127.0.0.1", 0); print(server.effective_port)``
+    """
+    return create_server(app, host=host, port=port, threads=threads, ident="rqplus-dashboard")
+
+
+def serve(app: Flask, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    """Serve ``app`` with waitress (a production WSGI server) until interrupted.
+
+    Usage: ``serve(create_app(), "127.0.0.1", 9181)``
+    """
+    make_server(app, host, port).run()
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1).
+
+    Usage: ``is_loopback("127.0.0.1")``
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,218 @@
+"""rq-dashboard 0.9 mounted by rqplus, its gaps closed without forking it.
+
+Two kinds of change, each listed with why:
+
+* :data:`TEMPLATE_PATCHES`, applied as rq-dashboard's templates are loaded (a Jinja loader in
+  front of the blueprint's own). Each must apply, so a release that moves the patched text fails
+  at start-up instead of silently reopening a hole.
+* :data:`OVERRIDES`: rq-dashboard endpoints whose view function rqplus replaces, same URL.
+
+Usage::
+
+    from rqplus.dashboard.rqdashboard import mount
+    mount(app, "redis://127.0.0.1:6379/0", prefix="/rq")
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import rq_dashboard
+import rq_dashboard.web as rqd
+from flask import Flask, current_app, jsonify, make_response, render_template, request, url_for
+from jinja2 import BaseLoader, ChoiceLoader, Environment, FileSystemLoader
+from rq import VERSION as RQ_VERSION
+from werkzeug.exceptions import MethodNotAllowed
+
+from rqplus.dashboard import actions
+from rqplus.dashboard.metrics import workers
+from rqplus.dashboard.payloads import SafeSerializer, shown
+from rqplus.dashboard.views import actor, dashboard
+
+RQ_DASHBOARD_TEMPLATES = Path(rq_dashboard.blueprint.root_path) / "templates"
+
+#: (template, pattern, replacement, why), in order. ``"*"`` is every rq-dashboard template.
+TEMPLATE_PATCHES: list[tuple[str, str, str, str]] = [
+    ("rq_dashboard/jobs.html", r"\$\('<div/>'\)\.text\(([\w.]+)\)\.html\(\)", r"\1",
+     "the two values it pre-escaped by hand are escaped by the rule below (no double escaping)"),
+    ("*", r"<%=", "<%-",
+     "underscore's <%= inserts raw HTML (stored XSS from job data, queue and worker names); <%- escapes"),
+    ("rq_dashboard/base.html", r'<script type="text/javascript">(\s*\{% include "rq_dashboard/inline_js.html" %\})',
+     r'<script nonce="{{ csp_nonce() }}">\1', "the inline script carries the CSP nonce, so injected ones cannot run"),
+    ("rq_dashboard/base.html", r"url_for\('static', filename='favicon.ico'\)", "url_for('rq_dashboard.favicon')",
+     "the favicon comes from rq-dashboard's own route (the host app's static folder has none)"),
+    ("rq_dashboard/base.html", r'(\{% include "rq_dashboard/navbar.html" %\})', r'\1{% include "rqplus/banner.html" %}',
+     "a red banner on every page when Redis is not durable"),
+    ("rq_dashboard/navbar.html", r"(\s*</ul>)", r'{% include "rqplus/nav_links.html" %}\1',
+     "links to rqplus' pages and a log-out button"),
+    ("rq_dashboard/scripts/jobs.js", r"\$\(this\)\.val\('\{\{ queue\.name \}\}'\)", "$(this).val({{ queue.name|tojson }})",
+     "the queue name (from the URL) becomes a JSON string literal, not text pasted into JavaScript"),
+]
+
+
+class PatchedTemplates(BaseLoader):
+    """rq-dashboard's templates with :data:`TEMPLATE_PATCHES` applied."""
+
+    def __init__(self, root: Path = RQ_DASHBOARD_TEMPLATES) -> None:
+        self.files = FileSystemLoader(str(root))
+
+    def get_source(self, environment: Environment, template: str) -> tuple[str, str | None, Callable[[], bool]]:
+        source, filename, uptodate = self.files.get_source(environment, template)
+        for target, pattern, replacement, why in TEMPLATE_PATCHES:
+            if target == template or (target == "*" and template.startswith("rq_dashboard/")):
+                source, count = re.subn(pattern, replacement, source, count=0 if target == "*" else 1)
+                if not count and target != "*":
+                    raise RuntimeError(f"rq-dashboard's {template} changed: the rqplus patch ({why}) no longer applies")
+        return source, filename, uptodate
+
+    def list_templates(self) -> list[str]:
+        return self.files.list_templates()
+
+
+def mount(app: Flask, url: str, prefix: str) -> None:
+    """Register rq-dashboard's blueprint at ``prefix`` with rqplus' patches and overrides.
+
+    Usage: ``mount(app, redis_url(), "/rq")``
+    """
+    app.config["RQ_DASHBOARD_REDIS_URL"] = url
+    # rq-dashboard reads its serializer from this module-level setting (its CLI's --serializer):
+    # every job it loads itself goes through the safe loader
+    rqd.config.serializer = SafeSerializer
+    app.config["RQ_DASHBOARD_JSON_ENCODER"] = _ReprEncoder  # job_info's meta may hold non-JSON objects
+    app.register_blueprint(rq_dashboard.blueprint, url_prefix=prefix)
+    rqd.setup_rq_connection(app)
+    for endpoint, view in OVERRIDES.items():
+        assert endpoint in app.view_functions, endpoint
+        app.view_functions[endpoint] = view
+    loader = PatchedTemplates()
+    # the app's loader is searched before the blueprint's, so the patched copies win
+    app.jinja_loader = ChoiceLoader([app.jinja_loader, loader])
+    for template in loader.list_templates():  # fail now, not on the first page view
+        loader.get_source(app.jinja_env, template)
+
+
+class _ReprEncoder(json.JSONEncoder):
+    def default(self, o: Any) -> str:
+        return repr(o)
+
+
+def _page_context(instance_number: int) -> dict[str, Any]:
+    """What rq-dashboard's page templates expect besides their own values."""
+    return dict(current_instance=instance_number,
+                instance_list=rqd.escape_format_instance_list(current_app.config["RQ_DASHBOARD_REDIS_URL"]),
+                rq_url_prefix=url_for("rq_dashboard.queues_overview"), rq_dashboard_version=rqd.rq_dashboard_version,
+                rq_version=RQ_VERSION, deprecation_options_usage=current_app.config.get("DEPRECATED_OPTIONS", False),
+                enable_delete=not current_app.config.get("RQ_DASHBOARD_DISABLE_DELETE"))
+
+
+def _json(payload: dict[str, Any], status: int = 200):
+    response = make_response(jsonify(payload), status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# rq-dashboard: Job.fetch with the stock unpickler, HTTP 500 for an unknown id. Here: loaded
+# safely, 404 with a message.
+def job_view(instance_number: int, job_id: str):
+    job = actions.fetch(dashboard().connection, job_id)
+    response = make_response(render_template("rq_dashboard/job.html", id=job.id, **_page_context(instance_number)))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# rq-dashboard: raw description, meta and result. Here: the same fields, secrets masked, objects
+# the dashboard does not load shown as <not loaded: ...>.
+def job_info(instance_number: int, job_id: str):
+    actions.fetch(dashboard().connection, job_id)  # 404 instead of rq-dashboard's 500
+    info = rqd.job_info.__wrapped__(instance_number, job_id)
+    masker = dashboard().masker
+    info["description"] = masker.text(info["description"])
+    info["result"] = shown(info["result"], masker)
+    info["metadata"] = json.dumps(shown(json.loads(info["metadata"]), masker))
+    return _json(info)
+
+
+# rq-dashboard: descriptions as stored, secrets included. Here: masked.
+def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_page: str, order: str, page: str):
+    listing = rqd.list_jobs.__wrapped__(instance_number, queue_name, registry_name, per_page, order, page)
+    masker = dashboard().masker
+    for job in listing["jobs"]:
+        job["description"] = masker.text(job["description"])
+    return _json(listing)
+
+
+# rq-dashboard: loads each busy worker's job with the stock unpickler and unpickles its arguments
+# for the call string. Here: the job's stored description, masked.
+def list_workers(instance_number: int):
+    connection, masker = dashboard().connection, dashboard().masker
+    listed = []
+    for worker in workers(connection):
+        current: Any = "idle"
+        if worker.current_job_id:
+            try:
+                job = actions.fetch(connection, worker.current_job_id)
+            except actions.ActionError:
+                job = None
+            description = masker.text(job.description) if job else "(gone)"
+            current = dict(job_id=worker.current_job_id, description=description, call_string=description,
+                           created_at=rqd.serialize_date(job.created_at) if job else None)
+        listed.append(dict(name=worker.name, queues=worker.queues, state=worker.state, current_job=current,
+                           last_heartbeat=rqd.serialize_date(worker.last_heartbeat), worker_class=worker.kind))
+    return _json({"workers": listed})
+
+
+# rq-dashboard: requeue appends at the tail, HTTP 500 for an unknown or non-failed job. Here: at
+# the job's priority, 404 / 409 with a message, audited.
+def requeue_job_view(job_id: str):
+    actions.requeue(dashboard().connection, job_id, actor())
+    return _json({"status": "OK"})
+
+
+# rq-dashboard: accepts GET, so a link or <img> could requeue everything. Here: POST only (the
+# CSRF and same-origin checks apply), at each job's priority, audited.
+def requeue_all(queue_name: str):
+    if request.method != "POST":
+        raise MethodNotAllowed(valid_methods=["POST"], description="requeue-all changes state: POST only")
+    count = actions.requeue_all(dashboard().connection, queue_name, actor())
+    return _json({"status": "OK", "count": count})
+
+
+# rq-dashboard: Job.fetch with the stock unpickler, ERROR without a message. Here: safe, 404, audited.
+def delete_job_view(job_id: str):
+    if current_app.config.get("RQ_DASHBOARD_DISABLE_DELETE"):
+        return _json({"status": "DISABLED"})
+    actions.delete(dashboard().connection, job_id, actor())
+    return _json({"status": "OK"})
+
+
+# rq-dashboard: deletes each job through the stock unpickler. Here: safe, audited, 404 for an
+# unknown registry.
+def empty_queue(queue_name: str, registry_name: str):
+    if current_app.config.get("RQ_DASHBOARD_DISABLE_DELETE"):
+        return _json({"status": "DISABLED"})
+    count = actions.empty(dashboard().connection, queue_name, registry_name, actor())
+    return _json({"status": "OK", "count": count})
+
+
+# rq-dashboard: unaudited. Here: the same compaction, audited.
+def compact_queue(queue_name: str):
+    actions.compact(dashboard().connection, queue_name, actor())
+    return _json({"status": "OK"})
+
+
+#: rq-dashboard endpoint -> the view rqplus serves there instead (why: above each function).
+OVERRIDES: dict[str, Callable[..., Any]] = {
+    "rq_dashboard.job_view": job_view,
+    "rq_dashboard.job_info": job_info,
+    "rq_dashboard.list_jobs": list_jobs,
+    "rq_dashboard.list_workers": list_workers,
+    "rq_dashboard.requeue_job_view": requeue_job_view,
+    "rq_dashboard.requeue_all": requeue_all,
+    "rq_dashboard.delete_job_view": delete_job_view,
+    "rq_dashboard.empty_queue": empty_queue,
+    "rq_dashboard.compact_queue": compact_queue,
+}

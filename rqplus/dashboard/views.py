@@ -1,0 +1,159 @@
+"""rqplus' own dashboard pages, beside rq-dashboard's: priorities, durability, schedule, workers,
+depth chart, bulk requeue of failed jobs, the audit log, and ``/metrics`` for Prometheus.
+
+Usage::
+
+    from rqplus.dashboard.views import Dashboard, blueprint
+    app.extensions["rqplus.dashboard"] = Dashboard(redis, Masker())
+    app.register_blueprint(blueprint)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flask import (Blueprint, Response, current_app, flash, g, redirect, render_template, request, url_for)
+from redis import Redis
+from redis.exceptions import RedisError
+
+from rqplus.connections import redact
+from rqplus.dashboard import actions, audit, metrics
+from rqplus.dashboard.charts import line_chart
+from rqplus.dashboard.payloads import Masker
+from rqplus.dashboard.security import app_credentials, current_user
+from rqplus.durability import DurabilityReport, cached_check
+
+blueprint = Blueprint("rqplus", __name__)
+
+#: Seconds between automatic reloads of the overview (each reload may add a depth sample).
+OVERVIEW_REFRESH = 10
+#: Audit entries on the audit page, and on the overview.
+AUDIT_PAGE, AUDIT_RECENT = 200, 5
+#: Matching failed jobs listed on the bulk requeue page (all of them are requeued).
+FAILED_SHOWN = 100
+
+
+@dataclass
+class Dashboard:
+    """What every dashboard request needs: the Redis client, the masker, the URL to show."""
+
+    connection: Redis
+    masker: Masker
+    url: str
+
+
+def dashboard() -> Dashboard:
+    """This app's :class:`Dashboard`.
+
+    Usage: ``dashboard().connection.ping()``
+    """
+    return current_app.extensions["rqplus.dashboard"]
+
+
+def actor() -> actions.Actor:
+    """The user of this request and their address, for the audit log."""
+    return actions.Actor(current_user(), request.remote_addr)
+
+
+@blueprint.app_context_processor
+def _template_helpers() -> dict[str, Any]:
+    return {"durability_report": durability_report, "redis_shown": redact(dashboard().url),
+            "user": g.get("user"), "auth_enabled": app_credentials() is not None}
+
+
+@blueprint.app_template_filter("age")
+def age(seconds: float) -> str:
+    """A duration for people: ``"42 s"``, ``"7 min"``, ``"3 h"``, ``"2 d"``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{max(int(seconds), 0)} s"
+
+
+@blueprint.app_template_filter("clock")
+def clock(timestamp: float) -> str:
+    """A unix time as ``2025-01-31 14:05:09 UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+
+
+def durability_report() -> DurabilityReport | None:
+    """This request's durability report (checked at most once a second per connection pool), or
+    None when Redis cannot be read.
+
+    Usage (in a template): ``{% set report = durability_report() %}``
+    """
+    if "durability" not in g:
+        try:
+            g.durability = cached_check(dashboard().connection)
+        except RedisError:
+            g.durability = None
+    return g.durability
+
+
+@blueprint.route("/")
+def overview() -> str:
+    """Queues by priority with the oldest waiting job of each, durability, the depth chart,
+    upcoming rq-scheduler fires, workers and the latest audit entries."""
+    board = dashboard()
+    connection, now = board.connection, time.time()
+    metrics.sample_depths(connection, now)
+    fires = [(job, when, board.masker.text(job.description), job.meta.get("cron_string") or job.meta.get("interval"))
+             for job, when in metrics.scheduled_fires(connection)]
+    return render_template(
+        "rqplus/overview.html", stats=metrics.queue_stats(connection), fires=fires, workers=metrics.workers(connection),
+        chart=line_chart(metrics.depth_history(connection, now=now), now - metrics.DEPTH_WINDOW, now),
+        entries=audit.entries(connection, AUDIT_RECENT), refresh=OVERVIEW_REFRESH, now=now)
+
+
+@blueprint.route("/failed")
+def failed() -> str:
+    """Failed jobs filtered by queue, function and exception type, with how many a bulk requeue takes."""
+    connection = dashboard().connection
+    chosen = _filters(request.args)
+    everything = actions.failed_jobs(connection)
+    matching = [job for job in everything if _matches(job, chosen)]
+    options = {key: sorted({getattr(job, key) for job in everything}) for key in ("queue", "function", "exception")}
+    return render_template("rqplus/failed.html", chosen=chosen, options=options, matching=matching[:FAILED_SHOWN],
+                           count=len(matching))
+
+
+@blueprint.route("/failed/requeue", methods=["POST"])
+def requeue_failed() -> Response:
+    """Requeue the failed jobs matching the filters, each at its priority, if the selection is
+    still the one the user confirmed (same count); 409 when it changed meanwhile."""
+    connection = dashboard().connection
+    chosen = _filters(request.form)
+    matching = actions.failed_jobs(connection, **chosen)
+    expected = request.form.get("expected", type=int)
+    if expected != len(matching):
+        raise actions.ActionError(409, f"the selection changed: {len(matching)} failed jobs match now, "
+                                       f"{expected} were shown. Review it and confirm again.")
+    what = "failed jobs " + (", ".join(f"{key}={value}" for key, value in chosen.items() if value) or "(all)")
+    count = actions.requeue_matching(connection, matching, actor(), what)
+    flash(f"Requeued {count} of {len(matching)} failed jobs, each at its priority.")
+    return redirect(url_for("rqplus.failed", **{k: v for k, v in chosen.items() if v}))
+
+
+@blueprint.route("/audit")
+def audit_log() -> str:
+    """Who did what, newest first."""
+    return render_template("rqplus/audit.html", entries=audit.entries(dashboard().connection, AUDIT_PAGE))
+
+
+@blueprint.route("/metrics")
+def prometheus() -> Response:
+    """Queue depth per queue and priority, failed and started jobs, workers, durability: Prometheus text."""
+    connection = dashboard().connection
+    metrics.sample_depths(connection)
+    return Response(metrics.prometheus(connection, durability_report()),
+                    content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _filters(values: Any) -> dict[str, str | None]:
+    return {key: values.get(key) or None for key in ("queue", "function", "exception")}
+
+
+def _matches(job: actions.FailedJob, chosen: dict[str, str | None]) -> bool:
+    return all(value is None or getattr(job, key) == value for key, value in chosen.items())

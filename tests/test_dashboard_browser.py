@@ -1,0 +1,215 @@
+"""The dashboard in a real browser: headless Debian Chromium (Playwright) against `rqplus dashboard`
+started as users start it (a subprocess of the CLI), a real Redis and real `rq worker` processes.
+
+Chromium is never downloaded: /usr/bin/chromium must exist (CI installs Debian's package); without
+it these tests fail, they do not skip.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
+from rq_scheduler import Scheduler
+
+from rqplus import Queue
+from rqplus.embedded import RedisServer, free_port
+from rqplus.dashboard import create_app, metrics
+from tests.conftest import ROOT, Processes, wait_for
+
+CHROMIUM = Path("/usr/bin/chromium")
+USER, PASSWORD = "admin", "browser-test-password"
+XSS = '<img src=x onerror="window.__xss = 1">'
+#: Where a test run may refresh the README's screenshot: RQPLUS_SAVE_SCREENSHOT=1.
+SCREENSHOT = ROOT / "docs" / "dashboard.png"
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="install the test extras: pip install -e .[test]")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium); "
+                    "the dashboard's browser tests do not download a browser")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def live(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`rqplus dashboard` as a subprocess on a free loopback port; yields its base URL."""
+    procs = Processes(tmp_path_factory.mktemp("dashboard"))
+    port = free_port()
+    proc = procs.start([sys.executable, "-m", "rqplus.cli", "dashboard", "--url", redis_server.url, "--port", str(port)],
+                       RQPLUS_DASHBOARD_USERNAME=USER, RQPLUS_DASHBOARD_PASSWORD=PASSWORD)
+    base = f"http://127.0.0.1:{port}"
+
+    def answering() -> bool:
+        assert proc.poll() is None, procs.output(proc)
+        try:
+            return urllib.request.urlopen(f"{base}/login", timeout=1).status == 200
+        except OSError:
+            return False
+
+    wait_for(answering, timeout=20)
+    yield base
+    procs.stop_all()
+
+
+@pytest.fixture
+def page(browser, live: str) -> Iterator:
+    """A fresh browser context on the dashboard; page errors and dialogs fail the test."""
+    context = browser.new_context(base_url=live, viewport={"width": 1360, "height": 900})
+    page = context.new_page()
+    page.dialogs = []
+    page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
+    yield page
+    context.close()
+
+
+def log_in(page, next_path: str = "/") -> None:
+    page.goto(next_path)
+    page.fill("#username", USER)
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_load_state()
+    assert "/login" not in page.url
+
+
+def failed_job(redis: Redis, processes: Processes, url: str, func: str, *args, allowed: str = "tasks", **kwargs) -> Job:
+    """A job that really failed in a worker: by default one whose module the worker may not run
+    (as after a deploy that forgot RQPLUS_JOB_MODULES), so it can succeed once requeued."""
+    job = Queue("q", connection=redis).enqueue(func, *args, **kwargs)
+    processes.finish(processes.rq_worker(url, "q", env={"RQPLUS_JOB_MODULES": allowed}))
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    return job
+
+
+def colours(page, png: bytes) -> tuple[int, float]:
+    """Distinct colours in a PNG and the share of non-white pixels, measured by the browser's canvas."""
+    page.goto("about:blank")
+    return tuple(page.evaluate("""async (data) => {
+        const img = new Image(); img.src = "data:image/png;base64," + data; await img.decode();
+        const canvas = document.createElement("canvas"); canvas.width = img.width; canvas.height = img.height;
+        const ctx = canvas.getContext("2d"); ctx.drawImage(img, 0, 0);
+        const px = ctx.getImageData(0, 0, img.width, img.height).data;
+        const seen = new Set(); let ink = 0;
+        for (let i = 0; i < px.length; i += 4) {
+            seen.add((px[i] << 16) | (px[i + 1] << 8) | px[i + 2]);
+            if (px[i] < 240 || px[i + 1] < 240 || px[i + 2] < 240) ink++;
+        }
+        return [seen.size, ink / (px.length / 4)];
+    }""", base64.b64encode(png).decode()))
+
+
+def test_log_in_requeue_a_failed_job_and_a_worker_runs_it(page, redis: Redis, redis_server: RedisServer,
+                                                          processes: Processes) -> None:
+    queue = Queue("q", connection=redis)
+    job = failed_job(redis, processes, redis_server.url, "tests.jobs.record", "requeued", priority=0)
+    later = queue.enqueue("tests.jobs.record", "waiting", priority=5)
+
+    log_in(page, f"/rq/0/view/job/{job.id}")
+    page.wait_for_selector("#job-data:has-text('failed')")
+    page.click("#requeue-job-btn")
+    page.wait_for_selector("#job-data:has-text('queued')", timeout=10_000)
+    # requeued at its own priority: ahead of the priority-5 job, not appended behind it
+    assert [i.decode() for i in redis.lrange(queue.key, 0, -1)] == [job.id, later.id]
+
+    processes.finish(processes.rq_worker(redis_server.url, "q"))
+    page.wait_for_selector("#job-data:has-text('finished')", timeout=10_000)
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+    assert page.dialogs == []
+
+
+def test_html_in_job_data_is_shown_as_text_and_never_runs(page, redis: Redis, redis_server: RedisServer,
+                                                          processes: Processes) -> None:
+    job = failed_job(redis, processes, redis_server.url, "tests.jobs.fail", XSS, meta={"note": XSS},
+                     allowed="tests.jobs")
+    log_in(page, "/rq/0/view/jobs/q/failed/8/asc/1")
+    page.wait_for_selector(f"#jobs tr[data-job-id='{job.id}']")
+    assert page.locator("#jobs img").count() == 0
+    assert XSS in page.inner_text("#jobs")          # args and exception text, literally
+
+    page.goto(f"/rq/0/view/job/{job.id}")
+    page.wait_for_selector("#job-data:has-text('failed')")
+    assert page.locator("#job-data img").count() == 0
+    text = page.inner_text("#job-data")
+    assert text.count("window.__xss") >= 3            # description, metadata, exception info
+    assert page.evaluate("window.__xss") is None and page.dialogs == []
+
+
+def test_cross_site_posts_are_refused_and_change_nothing(page, redis: Redis, redis_server: RedisServer,
+                                                         processes: Processes, live: str) -> None:
+    job = failed_job(redis, processes, redis_server.url, "tests.jobs.record", "stays failed")
+    log_in(page)
+    # a logged-in browser's cookies, another site's Origin, no token
+    answer = page.request.post(f"/rq/job/{job.id}/requeue", headers={"Origin": "http://evil.example"})
+    assert answer.status == 403
+    # an attacker's page submitting a form to the dashboard (served by Playwright as another site)
+    page.route("http://evil.example/", lambda route: route.fulfill(content_type="text/html", body=(
+        f'<form method="post" action="{live}/rq/requeue/q"></form><script>document.forms[0].submit()</script>')))
+    with page.expect_response(f"{live}/rq/requeue/q") as posted:
+        page.goto("http://evil.example/")
+    assert posted.value.status in (401, 403)
+    assert page.request.get("/rq/requeue/q").status == 405
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert FailedJobRegistry("q", connection=redis).get_job_ids() == [job.id]
+    assert redis.llen("rq:queue:q") == 0
+
+
+def test_every_route_refuses_anonymous_requests(live: str, redis_server: RedisServer) -> None:
+    rules = list(create_app(redis_server.url, auth=False).url_map.iter_rules())
+    assert len(rules) > 20
+    for rule in rules:
+        path = rule.rule.replace("<int:", "<").replace("<path:", "<")
+        for arg in rule.arguments:
+            path = path.replace(f"<{arg}>", "0" if arg in ("instance_number", "per_page", "page") else "x")
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            request = urllib.request.Request(live + path, method=method, data=b"" if method == "POST" else None)
+            try:
+                status = urllib.request.urlopen(request, timeout=5).status
+            except urllib.error.HTTPError as error:
+                status = error.code
+            # the login form is the one open page; posting to it still needs the form's CSRF token
+            expected = {200} if (rule.endpoint, method) == ("auth.login", "GET") else {401, 403}
+            assert status in expected, f"{method} {path} answered {status} without credentials"
+
+
+def test_main_pages_render_and_are_not_blank(page, redis: Redis, redis_server: RedisServer,
+                                             processes: Processes, tmp_path: Path) -> None:
+    failed_job(redis, processes, redis_server.url, "tests.jobs.record", "charge order 42", card="4111 1111 1111 1111")
+    queue, emails = Queue("q", connection=redis), Queue("emails", connection=redis)
+    for index in range(14):
+        (emails if index % 2 else queue).enqueue("tests.jobs.record", f"job {index}", priority=(0, 2, 5, 5, 9)[index % 5])
+    Scheduler(connection=redis).cron("0 3 * * *", "tests.jobs.record", args=["nightly report"], queue_name="q")
+    now = time.time()
+    for minute in range(60, 0, -2):  # an hour of depth samples, as the sampler records them every 10 s
+        redis.delete(metrics.DEPTH_LOCK_KEY)
+        redis.xadd(metrics.DEPTH_KEY, {"q": 20 + (minute * 7) % 25, "emails": 4 + (minute * 3) % 11},
+                   id=f"{int((now - minute * 60) * 1000)}-*")
+
+    log_in(page)
+    for path, ready in (("/", "#depth-chart polyline"), ("/rq/", "#queues tr[data-role=queue]"),
+                        ("/failed", "#failed-jobs")):
+        page.goto(path)
+        page.wait_for_selector(ready)
+        shot = page.screenshot(full_page=True)
+        (tmp_path / f"{path.strip('/') or 'overview'}.png").write_bytes(shot)
+        if path == "/" and os.environ.get("RQPLUS_SAVE_SCREENSHOT"):
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            SCREENSHOT.write_bytes(page.screenshot(full_page=True))
+        distinct, ink = colours(page, shot)
+        assert distinct > 50 and ink > 0.03, f"{path} looks blank: {distinct} colours, {ink:.1%} non-white"
