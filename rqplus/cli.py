@@ -39,17 +39,24 @@ def main() -> None:
 @click.option("--exit-when-done", is_flag=True, help="With --demo: stop once every demo job has run.")
 @click.option("--url", "-u", metavar="URL",
               help="Redis to use (default: $REDIS_URL, else a local Redis, else an embedded one in ./.rqplus).")
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=stack.DASHBOARD_PORT, show_default=True,
+              help="Serve the dashboard on 127.0.0.1 at this port (0: any free port; another one if taken).")
+@click.option("--no-dashboard", is_flag=True, help="Do not serve the dashboard.")
 @click.argument("queues", nargs=-1)
-def up(workers: int, demo: bool, exit_when_done: bool, url: str | None, queues: tuple[str, ...]) -> None:
-    """Run a local stack: Redis and rqplus workers on QUEUES (default: "default") until Ctrl-C.
+def up(workers: int, demo: bool, exit_when_done: bool, url: str | None, dashboard_port: int, no_dashboard: bool,
+       queues: tuple[str, ...]) -> None:
+    """Run a local stack: Redis, rqplus workers on QUEUES (default: "default") and the dashboard, until Ctrl-C.
 
     Without --url or $REDIS_URL, a Redis answering at 127.0.0.1:6379 is used; if none does, an
     embedded redis-server with AOF is started, its data in ./.rqplus, so queued jobs outlive the run.
+    The dashboard signs in with $RQPLUS_DASHBOARD_USERNAME / $RQPLUS_DASHBOARD_PASSWORD, or with a
+    password made up for the run and printed.
     """
     if exit_when_done and not demo:
         raise click.UsageError("--exit-when-done needs --demo")
     try:
-        stack.up(queues, workers=workers, url=url, demo=demo, exit_when_done=exit_when_done)
+        stack.up(queues, workers=workers, url=url, demo=demo, exit_when_done=exit_when_done,
+                 dashboard_port=None if no_dashboard else dashboard_port)
     except stack.StackError as error:
         click.echo(f"rqplus up: error: {error}", err=True)
         raise SystemExit(error.exit_code) from None

@@ -18,10 +18,12 @@ Usage::
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +33,7 @@ from urllib.parse import urlsplit
 
 from redis import Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from rqplus.connections import REDIS_URL_ENV, connect, is_reachable, redact, redis_url, url_is_configured
 from rqplus.defaults import DEFAULT_DATA_DIR, DEFAULT_QUEUES, DEFAULT_REDIS_URL
@@ -42,6 +45,9 @@ from rqplus.queue import Queue
 LOCAL_URL_ENV = "RQPLUS_LOCAL_URL"
 #: How long a stopping worker may take to finish its current job before it is killed, in seconds.
 WORKER_STOP_TIMEOUT = 30.0
+#: Where ``rqplus up`` serves the dashboard, and the user it makes up when none is configured.
+DASHBOARD_PORT = 9181
+DASHBOARD_USER = "admin"
 #: How often ``up`` checks its processes and redraws the demo table, in seconds.
 REFRESH_SECONDS = 0.5
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -152,6 +158,7 @@ class Stack:
         worker_log: str | os.PathLike | None = None,
         out: TextIO | None = None,
         stop_timeout: float = WORKER_STOP_TIMEOUT,
+        dashboard_port: int | None = None,
     ):
         self.queues = list(queues)
         self.worker_count = workers
@@ -166,6 +173,10 @@ class Stack:
         #: The embedded Redis, if one was started.
         self.server: RedisServer | None = None
         self.workers: list[subprocess.Popen] = []
+        #: Port for the dashboard (0: any free one), None for no dashboard.
+        self.dashboard_port = dashboard_port
+        #: The dashboard's waitress server, once started.
+        self.dashboard: BaseWSGIServer | MultiSocketServer | None = None
 
     def say(self, line: str) -> None:
         """Print one progress line for the user."""
@@ -176,6 +187,8 @@ class Stack:
         and ``RedisServerError``; call ``stop`` in any case."""
         self.url = self._choose_redis()
         self._start_workers()
+        if self.dashboard_port is not None:
+            self._start_dashboard()
         return self
 
     def _choose_redis(self) -> str:
@@ -234,6 +247,24 @@ class Stack:
         self.say(f"Workers: {len(self.workers)} rqplus workers (pids {pids}) with scheduler on queues "
                  f"{', '.join(self.queues)}{logs}")
 
+    def _start_dashboard(self) -> None:
+        """Serve the dashboard on loopback from a thread of this process: closed, as always, so without
+        configured credentials a password is made up for this run and shown once."""
+        from rqplus import dashboard  # Flask and rq-dashboard only load when the dashboard runs
+
+        credentials = dashboard.Credentials.from_env()
+        shown = ""
+        if credentials is None:
+            credentials = dashboard.Credentials(DASHBOARD_USER, secrets.token_urlsafe(12))
+            shown = (f" - user {credentials.username}, password {credentials.password} (this run only; set "
+                     f"{dashboard.security.USERNAME_ENV} and {dashboard.security.PASSWORD_ENV} to choose)")
+        app = dashboard.create_app(self.url, credentials=credentials)
+        port = self.dashboard_port if port_is_free(self.dashboard_port) else 0
+        self.dashboard = dashboard.make_server(app, "127.0.0.1", port)
+        threading.Thread(target=self.dashboard.run, name="rqplus-dashboard", daemon=True).start()
+        moved = "" if port == self.dashboard_port else f" (port {self.dashboard_port} is taken)"
+        self.say(f"Dashboard: http://127.0.0.1:{self.dashboard.effective_port}/{moved}{shown}")
+
     def connection(self) -> Redis:
         """A new client of the Redis in use."""
         return connect(self.url)
@@ -248,7 +279,10 @@ class Stack:
             raise StackError(f"the embedded redis-server exited; see {self.server.log_path}")
 
     def stop(self) -> None:
-        """Stop the workers (each finishes its current job), then the embedded Redis (AOF flushed, data kept)."""
+        """Stop the dashboard and the workers (each finishes its current job), then the embedded Redis
+        (AOF flushed, data kept)."""
+        if self.dashboard:
+            self.dashboard.close()
         if self.workers:
             self.say(f"Stopping {len(self.workers)} workers: each finishes its current job "
                      f"(killed after {self.stop_timeout:g} s)")
@@ -294,11 +328,13 @@ def up(
     local_url: str | None = None,
     data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
     out: TextIO | None = None,
+    dashboard_port: int | None = None,
 ) -> None:
     """Run a ``Stack`` until Ctrl-C or SIGTERM, then stop it cleanly; call from the main thread.
 
     ``demo`` also enqueues the demo batch (:mod:`tasks.demo`) and shows its progress table;
-    with ``exit_when_done`` it returns once no demo job is queued or running.
+    with ``exit_when_done`` it returns once no demo job is queued or running. ``dashboard_port``:
+    serve the dashboard there (0: any free port), on loopback.
     Raises ``StackError`` (``exit_code`` 2 for an unusable ``url`` / ``$REDIS_URL``).
 
     Usage: ``up(["emails"], workers=4)``
@@ -310,7 +346,7 @@ def up(
     data_dir = Path(data_dir)
     stack = Stack(queues or DEFAULT_QUEUES, workers=workers, url=url, local_url=local_url, data_dir=data_dir,
                   # the demo table needs the terminal to itself
-                  worker_log=data_dir / "workers.log" if demo else None, out=out)
+                  worker_log=data_dir / "workers.log" if demo else None, out=out, dashboard_port=dashboard_port)
     with _stopped_by_signals():
         try:
             stack.start()

@@ -6,6 +6,7 @@ free port, which forces the embedded Redis; ``$REDIS_URL`` points at ``redis_fac
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -13,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -136,6 +139,48 @@ def test_redis_url_is_used_its_password_never_shown_and_sigterm_stops(rqplus, re
     assert "warning: this Redis is not durable: AOF is off" in out
     assert "s3cret-pw" not in out and "embedded" not in out
     assert Worker.count(connection=server.client()) == 0, "workers unregistered: a warm shutdown"
+
+
+def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
+    """GET ``url`` without following redirects: (status, body)."""
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object) -> None:
+        return None
+
+
+def test_up_serves_the_dashboard_closed_with_a_password_made_up_for_the_run(rqplus, redis_factory):
+    server = redis_factory()
+    env = {k: "" for k in ("RQPLUS_DASHBOARD_USERNAME", "RQPLUS_DASHBOARD_PASSWORD")}
+    run = rqplus("up", "--dashboard-port", "0", "emails", REDIS_URL=server.url, **env)
+    line = wait_for(lambda: re.search(r"Dashboard: (http://127\.0\.0\.1:\d+/) - user admin, password (\S+) ",
+                                      run.output))
+    home, password = line.group(1), line.group(2)
+    assert http_get(home + "rq/queues.json")[0] in (401, 403)
+    assert http_get(home, auth=("admin", "wrong"))[0] in (302, 401)
+    status, page = http_get(home, auth=("admin", password))
+    assert status == 200 and "Queues by priority" in page
+    run.finish(signal.SIGTERM)
+    assert_stopped_cleanly(run)
+    with pytest.raises(urllib.error.URLError):
+        http_get(home)
+
+
+def test_up_without_the_dashboard(rqplus, redis_factory):
+    run = rqplus("up", "--no-dashboard", "emails", REDIS_URL=redis_factory().url)
+    wait_for(lambda: "Press Ctrl-C" in run.output)
+    run.finish(signal.SIGTERM)
+    assert "Dashboard" not in assert_stopped_cleanly(run)
 
 
 @pytest.mark.parametrize("args, env", [
