@@ -159,8 +159,11 @@ class Stack:
         out: TextIO | None = None,
         stop_timeout: float = WORKER_STOP_TIMEOUT,
         dashboard_port: int | None = None,
+        env: dict[str, str] | None = None,
     ):
         self.queues = list(queues)
+        #: Environment the workers get on top of this process' own.
+        self.env = env or {}
         self.worker_count = workers
         self.requested_url = url
         self.local_url = local_url
@@ -228,7 +231,7 @@ class Stack:
             self.say("warning: this Redis is not durable: " + "; ".join(report.problems))
 
     def _start_workers(self) -> None:
-        env = {**os.environ, "RQ_REDIS_URL": self.url}
+        env = {**os.environ, **self.env, "RQ_REDIS_URL": self.url}
         log = None
         if self.worker_log:
             self.worker_log.parent.mkdir(parents=True, exist_ok=True)
@@ -339,20 +342,27 @@ def up(
 
     Usage: ``up(["emails"], workers=4)``
     """
+    data_dir = Path(data_dir)
+    sink, env = None, {}
     if demo:
         from tasks import demo as demo_jobs  # the repo's job package: only the demo needs it
+        from tasks.logging import PATH_ENV
 
-        queues = [*queues, demo_jobs.QUEUE] if demo_jobs.QUEUE not in queues else queues
-    data_dir = Path(data_dir)
+        queues = [*queues, *(name for name in (*demo_jobs.USE_CASE_QUEUES, demo_jobs.QUEUE) if name not in queues)]
+        sink = demo_jobs.MailSink(data_dir / "mail").start()
+        env = {**sink.environment(), PATH_ENV: str(data_dir / "events.jsonl")}
     stack = Stack(queues or DEFAULT_QUEUES, workers=workers, url=url, local_url=local_url, data_dir=data_dir,
                   # the demo table needs the terminal to itself
-                  worker_log=data_dir / "workers.log" if demo else None, out=out, dashboard_port=dashboard_port)
+                  worker_log=data_dir / "workers.log" if demo else None, out=out, dashboard_port=dashboard_port,
+                  env=env)
     with _stopped_by_signals():
         try:
             stack.start()
             progress = None
             if demo:
-                progress = demo_jobs.Progress(Queue(demo_jobs.QUEUE, connection=stack.connection()), stack.out)
+                connection = stack.connection()
+                use_cases = demo_jobs.UseCases(connection, sink, env[PATH_ENV])
+                progress = demo_jobs.Progress(Queue(demo_jobs.QUEUE, connection=connection), stack.out, use_cases)
                 stack.say(progress.start())
             stack.say("Press Ctrl-C to stop.")
             while True:
@@ -371,4 +381,6 @@ def up(
             for sig in _STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_IGN)
             stack.stop()
+            if sink:
+                sink.stop()
     stack.say("Stopped.")

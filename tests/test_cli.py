@@ -101,9 +101,12 @@ def test_demo_runs_every_job_with_an_embedded_redis_and_leaves_nothing_behind(rq
     run.finish()
     out = assert_stopped_cleanly(run)
     assert re.search(rf"Redis: embedded redis-server pid \d+ at {env['RQPLUS_LOCAL_URL']}, AOF on", out)
-    assert re.search(r"Workers: 2 rqplus workers \(pids \d+, \d+\) with scheduler on queues demo", out)
+    assert re.search(r"Workers: 2 rqplus workers \(pids \d+, \d+\) with scheduler on queues payments, emails, events, demo", out)
     assert "priority   queued  started finished   failed" in out
     assert "   total        0        0       30        0" in out
+    # the seed's use cases: 3 welcome emails + 3 receipts reached the local SMTP sink, 3 charges, 3 events
+    assert "emails 3/3 sent, 6 received by the sink | payments 3/3 charged, ledger 3 | events 3 lines" in out
+    assert len(list((run.cwd / ".rqplus" / "mail").glob("*.eml"))) == 6
     # two workers take jobs from the head of one priority-ordered list; each stamps started_at in its
     # own work horse, so a job may start just before the one dequeued right ahead of it
     started = re.search(r"30 finished, 0 failed\.\nPriorities in the order jobs started: (\d{30})", out).group(1)
