@@ -34,6 +34,7 @@ from email.utils import formatdate, make_msgid
 
 from redis import Redis
 from rq import Retry, get_current_job
+from rq.exceptions import DuplicateJobError
 from rq.job import Job
 
 from rqplus import Queue
@@ -197,22 +198,28 @@ def retry_policy() -> Retry | None:
 
 
 def enqueue_email(recipient: str, subject: str, body: str, *, priority: int | None = None,
-                  connection: Redis | None = None, queue: str = QUEUE) -> Job:
+                  connection: Redis | None = None, queue: str = QUEUE, job_id: str | None = None) -> Job:
     """Validate, then enqueue :func:`send_email` on ``queue`` with :func:`retry_policy`.
 
     ``priority`` defaults to ``DEFAULT_EMAIL_PRIORITY`` (3); ``connection`` to
     ``rqplus.connections.connect()`` (``REDIS_URL``). A malformed address or subject raises
     ``InvalidEmailError`` (a ``ValueError``), a non-str ``TypeError``, before anything is written.
+    With ``job_id``, enqueueing is idempotent: while a job of that id exists, it is returned and
+    nothing new is enqueued (for messages a re-run job must not send twice, e.g. receipts).
     Workers need ``--with-scheduler`` for the retry intervals to fall due.
 
     Usage: ``enqueue_email("user@example.com", "Welcome!", "Thanks for signing up.", priority=0)``
     """
     _checked(recipient, subject, body)
-    return Queue(queue, connection=connection or connect()).enqueue(
-        send_email, recipient, subject, body,
-        priority=DEFAULT_EMAIL_PRIORITY if priority is None else priority,
-        retry=retry_policy(),
-    )
+    emails = Queue(queue, connection=connection or connect())
+    try:
+        return emails.enqueue(
+            send_email, recipient, subject, body,
+            priority=DEFAULT_EMAIL_PRIORITY if priority is None else priority,
+            retry=retry_policy(), job_id=job_id, unique=job_id is not None,
+        )
+    except DuplicateJobError:
+        return emails.fetch_job(job_id) or Job(job_id, connection=emails.connection)
 
 
 def _message(recipient: Address, subject: str, body: str, sender: Address, job: Job | None) -> EmailMessage:

@@ -55,8 +55,10 @@ CENT = Decimal("0.01")
 
 #: Bookkeeping: ``PAYMENTS_PREFIX + user_id`` is a hash idempotency key -> charge (JSON).
 PAYMENTS_PREFIX = "payments:user:"
-#: Receipts: a hash idempotency key -> the receipt's email job id ("" while it is being enqueued).
+#: Receipts: a hash idempotency key -> the receipt's email job id, once enqueued.
 RECEIPTS_KEY = "payments:receipts"
+#: The receipt email job's id: this prefix and the payment's idempotency key.
+RECEIPT_JOB_PREFIX = "receipt-"
 #: Velocity: ``VELOCITY_PREFIX + user:currency`` is a sorted set key -> time, ``... + ":cents"`` a hash key -> cents.
 VELOCITY_PREFIX = "payments:velocity:"
 
@@ -322,28 +324,22 @@ def recorded_payments(connection: Redis, user_id: str) -> dict[str, Charge]:
             for key, value in connection.hgetall(PAYMENTS_PREFIX + user_id).items()}
 
 
-def send_receipt(connection: Redis, charge: Charge, recipient: str) -> str | None:
-    """Enqueue the receipt email of ``charge`` once; the email job's id (the first one's on a re-run).
+def send_receipt(connection: Redis, charge: Charge, recipient: str) -> str:
+    """Enqueue the receipt email of ``charge`` once; returns the email job's id (the same on every re-run).
 
-    It goes to the ``emails`` queue at the emails' own priority (``tasks.emails``). The claim is
-    taken before the enqueue: a worker killed between the two loses that receipt rather than
-    sending it twice; the claim then stays empty, a warning is logged and None is returned.
-    A failed enqueue gives the claim back.
+    It goes to the ``emails`` queue at the emails' own priority (``tasks.emails``). The email job's id
+    is derived from the idempotency key, so a re-run finds the job its first run enqueued (however
+    it died), and the record in ``RECEIPTS_KEY`` outlives that job's result, so a late requeue
+    does not send it again either.
     """
     key = charge.idempotency_key
-    if not connection.hsetnx(RECEIPTS_KEY, key, ""):
-        email_job_id = as_text(connection.hget(RECEIPTS_KEY, key))
-        if not email_job_id:
-            logger.warning("Receipt of payment %s (charge %s) may not have been sent: a worker died while "
-                           "enqueueing it", key, charge.charge_id)
-        return email_job_id or None
-    try:
-        email = enqueue_email(recipient, f"Payment of {charge.amount} {charge.currency} received",
-                              f"We received your payment of {charge.amount} {charge.currency}.\n"
-                              f"Reference: {charge.charge_id}", connection=connection)
-    except Exception:
-        connection.hdel(RECEIPTS_KEY, key)
-        raise
+    sent = connection.hget(RECEIPTS_KEY, key)
+    if sent:
+        return as_text(sent)
+    email = enqueue_email(recipient, f"Payment of {charge.amount} {charge.currency} received",
+                          f"We received your payment of {charge.amount} {charge.currency}.\n"
+                          f"Reference: {charge.charge_id}", connection=connection,
+                          job_id=RECEIPT_JOB_PREFIX + key)
     connection.hset(RECEIPTS_KEY, key, email.id)
     return email.id
 

@@ -150,6 +150,17 @@ def test_display_names_and_unicode_survive_and_the_priority_is_the_callers(smtp,
     assert message.get_content() == "Ça marche.\nLine two.\n"
 
 
+def test_an_email_with_a_job_id_is_enqueued_and_sent_once(smtp, redis):
+    first = enqueue_email(RECIPIENT, "Receipt", "Paid.", connection=redis, job_id="receipt-42")
+    again = enqueue_email(RECIPIENT, "Receipt", "Paid.", connection=redis, job_id="receipt-42")
+    assert first.id == again.id == "receipt-42"
+    assert rqplus.Queue("emails", connection=redis).get_job_ids() == ["receipt-42"]
+    work(redis)
+    assert enqueue_email(RECIPIENT, "Receipt", "Paid.", connection=redis, job_id="receipt-42").is_finished
+    work(redis)
+    assert [m["Subject"] for m in smtp.mailbox.messages] == ["Receipt"]
+
+
 def test_send_email_called_directly_sends_and_returns_a_fresh_message_id(smtp):
     first, second = send_email(RECIPIENT, "a", "b"), send_email(RECIPIENT, "a", "b")
     assert first != second and first.endswith("@example.com>")
