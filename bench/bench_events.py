@@ -19,9 +19,7 @@ What each row means: bench/README.md.
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
 import platform
 import statistics
@@ -40,7 +38,7 @@ import rq  # noqa: E402
 from redis import Redis  # noqa: E402
 
 import rqplus  # noqa: E402
-from bench.bench_priority import progress, revision, table  # noqa: E402
+from bench.bench_priority import command_line, progress, revision, table  # noqa: E402
 from rqplus.embedded import RedisServer  # noqa: E402
 from tasks.logging import EVENTS_KEY, drain_events, log_event  # noqa: E402
 
@@ -182,15 +180,10 @@ def report(results: dict[str, list[float]], sizes: Sizes) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, about 10 seconds")
-    parser.add_argument("--rounds", type=int, help="rounds per measurement (default 5, quick 3)")
-    args = parser.parse_args()
+    args = command_line(__doc__, 10)
     sizes = QUICK if args.quick else FULL
     if args.rounds:
         sizes = Sizes(args.rounds, sizes.events, sizes.backlog)
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("rq").setLevel(logging.WARNING)
 
     began = time.perf_counter()
     with (RedisServer(config={"appendonly": "no"}) as server,

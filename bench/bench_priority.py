@@ -355,16 +355,21 @@ def revision() -> str:
         return "?"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, about 30 seconds")
+def command_line(doc: str, quick_seconds: int) -> argparse.Namespace:
+    """The benchmarks' shared options (``--quick``, ``--rounds``), parsed; logging quiet but for warnings."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"smaller sizes, about {quick_seconds} seconds")
     parser.add_argument("--rounds", type=int, help="rounds per measurement (default 5, quick 3)")
-    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("rq").setLevel(logging.WARNING)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = command_line(__doc__, 30)
     sizes = QUICK if args.quick else FULL
     if args.rounds:
         sizes = Sizes(args.rounds, sizes.enqueue_jobs, sizes.drain_jobs, sizes.lengths, sizes.inserts)
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("rq").setLevel(logging.WARNING)
     os.environ["RQPLUS_JOB_MODULES"] = "bench.noop"  # rqplus workers run allow-listed functions only
     # this private Redis has no AOF on purpose: drop rqplus.Worker's start-up warning about it
     logging.getLogger("rq.worker").addFilter(lambda record: "not durable" not in record.getMessage())
