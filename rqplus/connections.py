@@ -4,13 +4,15 @@ No other rqplus module reads ``REDIS_URL`` or parses a Redis URL.
 
 Usage::
 
-    from rqplus.connections import connect, redis_url, redact
+    from rqplus.connections import connect, redis_url, redact, shared
     redis = connect()                 # REDIS_URL, else redis://127.0.0.1:6379/0
+    shared().ping()                   # the same, one client per process and URL
     print(redact(redis_url()))        # redis://:***@host:6379/0 — never the password
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,6 +53,21 @@ def connect(url: str | None = None, **options) -> Redis:
     Usage: ``connect("redis://127.0.0.1:6380/0").ping()``
     """
     return Redis.from_url(redis_url(url), **options)
+
+
+def shared(url: str | None = None) -> Redis:
+    """The process' one client for ``redis_url(url)`` (its pool reused), for producer helpers called
+    per request: a new client per call would cost a TCP connect per call. ``REDIS_URL`` is read at
+    each call. redis-py pools are fork-safe.
+
+    Usage: ``shared().rpush("key", "value")``
+    """
+    return _shared(redis_url(url))
+
+
+@functools.lru_cache(maxsize=16)
+def _shared(url: str) -> Redis:
+    return connect(url)
 
 
 def redact(url: str) -> str:

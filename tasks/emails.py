@@ -38,7 +38,7 @@ from rq.exceptions import DuplicateJobError
 from rq.job import Job
 
 from rqplus import Queue
-from rqplus.connections import connect
+from rqplus.connections import shared
 
 #: The queue :func:`enqueue_email` uses by default.
 QUEUE = "emails"
@@ -202,7 +202,7 @@ def enqueue_email(recipient: str, subject: str, body: str, *, priority: int | No
     """Validate, then enqueue :func:`send_email` on ``queue`` with :func:`retry_policy`.
 
     ``priority`` defaults to ``DEFAULT_EMAIL_PRIORITY`` (3); ``connection`` to
-    ``rqplus.connections.connect()`` (``REDIS_URL``). A malformed address or subject raises
+    ``rqplus.connections.shared()`` (``REDIS_URL``). A malformed address or subject raises
     ``InvalidEmailError`` (a ``ValueError``), a non-str ``TypeError``, before anything is written.
     With ``job_id``, enqueueing is idempotent: while a job of that id exists, it is returned and
     nothing new is enqueued (for messages a re-run job must not send twice, e.g. receipts).
@@ -211,7 +211,7 @@ def enqueue_email(recipient: str, subject: str, body: str, *, priority: int | No
     Usage: ``enqueue_email("user@example.com", "Welcome!", "Thanks for signing up.", priority=0)``
     """
     _checked(recipient, subject, body)
-    emails = Queue(queue, connection=connection or connect())
+    emails = Queue(queue, connection=connection or shared())
     try:
         return emails.enqueue(
             send_email, recipient, subject, body,

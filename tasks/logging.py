@@ -35,7 +35,6 @@ if __name__ == "__main__" and not __package__:  # `python tasks/logging.py`: tas
     sys.exit("run the event consumer as a module, from the project root: python -m tasks.logging")
 
 import argparse  # noqa: E402  (after the guard: it must run before `import logging` can shadow)
-import functools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -51,7 +50,7 @@ from redis import Redis  # noqa: E402
 from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError  # noqa: E402
 from rq import get_current_job  # noqa: E402
 
-from rqplus.connections import connect, redact, redis_url  # noqa: E402
+from rqplus.connections import connect, redact, redis_url, shared  # noqa: E402
 from rqplus.defaults import DEFAULT_DATA_DIR  # noqa: E402
 
 #: The Redis list producers push event records onto (JSON objects, oldest first).
@@ -122,20 +121,13 @@ def _record(event: str, fields: dict[str, Any]) -> tuple[str, str]:
         raise
 
 
-@functools.lru_cache(maxsize=8)
-def _shared_connection(url: str) -> Redis:
-    # one client (and connection pool) per URL for the process: a new client per event would
-    # cost a TCP connect per event
-    return connect(url)
-
-
 def log_event(event: str, /, *, connection: Redis | None = None, **fields: Any) -> str:
     """Record ``event`` with ``fields`` for the consumer: one ``RPUSH``. Returns the event's id.
 
     ``event`` is a non-empty str (``ValueError``, ``TypeError``); each field must be JSON
     (``TypeError`` naming the field); nothing is written for bad input. Fields are kept under
     ``"fields"`` in the record, so any name is free except ``connection``, the Redis to use:
-    default ``rqplus.connections.connect()`` (``REDIS_URL``, read at each call), one client per
+    default ``rqplus.connections.shared()`` (``REDIS_URL``, read at each call), one client per
     URL. A pipeline works too (``connection=pipe``: events go when it executes).
 
     Usage: ``log_event("User logged in", user_id="user_123")``
@@ -144,7 +136,7 @@ def log_event(event: str, /, *, connection: Redis | None = None, **fields: Any) 
         raise TypeError(f"connection= must be a redis.Redis or pipeline, not {type(connection).__name__}: "
                         "it is reserved; log that field under another name")
     event_id, record = _record(event, fields)
-    (connection if connection is not None else _shared_connection(redis_url())).rpush(EVENTS_KEY, record)
+    (connection if connection is not None else shared()).rpush(EVENTS_KEY, record)
     return event_id
 
 
@@ -284,7 +276,7 @@ def _connection(connection: Redis | None) -> Redis:
     if connection is not None:
         return connection
     job = get_current_job()  # as a job, drain the Redis the worker runs on
-    return job.connection if job is not None else _shared_connection(redis_url())
+    return job.connection if job is not None else shared()
 
 
 def drain_events(max_batches: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, *,

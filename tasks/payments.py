@@ -37,7 +37,7 @@ from rq.job import Job
 from rq.utils import as_text
 
 from rqplus import Queue
-from rqplus.connections import connect
+from rqplus.connections import shared
 from tasks.emails import enqueue_email, parse_address
 from tasks.gateways import Charge, Gateway, IdempotencyKeyReused, PaymentDeclined
 
@@ -388,14 +388,14 @@ def enqueue_payment(user_id: str, amount: str | Decimal | float, currency: str =
     your own (say, the order id) to make a double submission charge once too. ``notify_email``
     gets a receipt after the charge. Transient gateway errors are retried after
     ``PAYMENTS_RETRY_INTERVALS`` (workers need ``--with-scheduler`` for non-zero intervals).
-    ``connection`` defaults to ``rqplus.connections.connect()`` (``REDIS_URL``).
+    ``connection`` defaults to ``rqplus.connections.shared()`` (``REDIS_URL``).
 
     Usage: ``enqueue_payment("user_123", 49.99, notify_email="ada@example.com")``
     """
     settings = Settings.from_env()
     payment = validate_payment(user_id, amount, currency, idempotency_key or str(uuid.uuid4()), settings,
                                notify_email)
-    queue = Queue(QUEUE, connection=connection or connect(), durable=True)
+    queue = Queue(QUEUE, connection=connection or shared(), durable=True)
     receipt = {"notify_email": payment.notify_email} if payment.notify_email else {}
     intervals = settings.retry_intervals
     return queue.enqueue_call(

@@ -3,7 +3,7 @@
 import pytest
 from redis.exceptions import AuthenticationError
 
-from rqplus.connections import connect, is_reachable, redact, redis_url
+from rqplus.connections import connect, is_reachable, redact, redis_url, shared
 from rqplus.embedded import free_port
 
 
@@ -41,3 +41,13 @@ def test_wrong_password_is_an_error_not_unreachable(redis_factory):
     assert is_reachable(f"redis://:right@127.0.0.1:{server.port}/0")
     with pytest.raises(AuthenticationError):
         is_reachable(f"redis://:wrong@127.0.0.1:{server.port}/0")
+
+
+def test_shared_is_one_client_per_url_and_follows_redis_url(redis_server, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    first = shared()
+    assert shared() is first and shared(redis_server.url) is first
+    assert first.ping()
+    other = redis_server.url.rsplit("/", 1)[0] + "/3"
+    monkeypatch.setenv("REDIS_URL", other)
+    assert shared() is not first and shared().connection_pool.connection_kwargs["db"] == 3
