@@ -33,7 +33,8 @@ from urllib.parse import urlsplit
 
 from redis import Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
-from waitress.server import BaseWSGIServer, MultiSocketServer
+from waitress import wasyncore
+from waitress.server import BaseWSGIServer
 
 from rqplus.connections import REDIS_URL_ENV, connect, is_reachable, redact, redis_url, url_is_configured
 from rqplus.defaults import DEFAULT_DATA_DIR, DEFAULT_QUEUES, DEFAULT_REDIS_URL
@@ -178,8 +179,9 @@ class Stack:
         self.workers: list[subprocess.Popen] = []
         #: Port for the dashboard (0: any free one), None for no dashboard.
         self.dashboard_port = dashboard_port
-        #: The dashboard's waitress server, once started.
-        self.dashboard: BaseWSGIServer | MultiSocketServer | None = None
+        #: The dashboard's waitress server (one loopback socket), once started.
+        self.dashboard: BaseWSGIServer | None = None
+        self._dashboard_thread: threading.Thread | None = None
 
     def say(self, line: str) -> None:
         """Print one progress line for the user."""
@@ -264,7 +266,8 @@ class Stack:
         app = dashboard.create_app(self.url, credentials=credentials)
         port = self.dashboard_port if port_is_free(self.dashboard_port) else 0
         self.dashboard = dashboard.make_server(app, "127.0.0.1", port)
-        threading.Thread(target=self.dashboard.run, name="rqplus-dashboard", daemon=True).start()
+        self._dashboard_thread = threading.Thread(target=self.dashboard.run, name="rqplus-dashboard", daemon=True)
+        self._dashboard_thread.start()
         moved = "" if port == self.dashboard_port else f" (port {self.dashboard_port} is taken)"
         self.say(f"Dashboard: http://127.0.0.1:{self.dashboard.effective_port}/{moved}{shown}")
 
@@ -285,7 +288,12 @@ class Stack:
         """Stop the dashboard and the workers (each finishes its current job), then the embedded Redis
         (AOF flushed, data kept)."""
         if self.dashboard:
-            self.dashboard.close()
+            # waitress' close() only closes the listening socket: open keep-alive connections and
+            # its worker threads would go on serving
+            self.dashboard.task_dispatcher.shutdown()
+            wasyncore.close_all(self.dashboard._map)
+            self._dashboard_thread.join(5)
+            self.dashboard = None
         if self.workers:
             self.say(f"Stopping {len(self.workers)} workers: each finishes its current job "
                      f"(killed after {self.stop_timeout:g} s)")
@@ -343,25 +351,24 @@ def up(
     Usage: ``up(["emails"], workers=4)``
     """
     data_dir = Path(data_dir)
-    sink, env = None, {}
     if demo:
         from tasks import demo as demo_jobs  # the repo's job package: only the demo needs it
         from tasks.logging import PATH_ENV
 
         queues = [*queues, *(name for name in (*demo_jobs.USE_CASE_QUEUES, demo_jobs.QUEUE) if name not in queues)]
-        sink = demo_jobs.MailSink(data_dir / "mail").start()
-        env = {**sink.environment(), PATH_ENV: str(data_dir / "events.jsonl")}
+        sink = demo_jobs.MailSink(data_dir / "mail")
     stack = Stack(queues or DEFAULT_QUEUES, workers=workers, url=url, local_url=local_url, data_dir=data_dir,
                   # the demo table needs the terminal to itself
-                  worker_log=data_dir / "workers.log" if demo else None, out=out, dashboard_port=dashboard_port,
-                  env=env)
+                  worker_log=data_dir / "workers.log" if demo else None, out=out, dashboard_port=dashboard_port)
     with _stopped_by_signals():
         try:
+            if demo:
+                stack.env = {**sink.start().environment(), PATH_ENV: str(data_dir / "events.jsonl")}
             stack.start()
             progress = None
             if demo:
                 connection = stack.connection()
-                use_cases = demo_jobs.UseCases(connection, sink, env[PATH_ENV])
+                use_cases = demo_jobs.UseCases(connection, sink, stack.env[PATH_ENV])
                 progress = demo_jobs.Progress(Queue(demo_jobs.QUEUE, connection=connection), stack.out, use_cases)
                 stack.say(progress.start())
             stack.say("Press Ctrl-C to stop.")
@@ -381,6 +388,6 @@ def up(
             for sig in _STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_IGN)
             stack.stop()
-            if sink:
+            if demo:
                 sink.stop()
     stack.say("Stopped.")

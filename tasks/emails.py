@@ -35,6 +35,7 @@ from email.utils import formatdate, make_msgid
 from redis import Redis
 from rq import Retry, get_current_job
 from rq.exceptions import DuplicateJobError
+from rq.timeouts import JobTimeoutException
 from rq.job import Job
 
 from rqplus import Queue
@@ -219,7 +220,11 @@ def enqueue_email(recipient: str, subject: str, body: str, *, priority: int | No
             retry=retry_policy(), job_id=job_id, unique=job_id is not None,
         )
     except DuplicateJobError:
-        return emails.fetch_job(job_id) or Job(job_id, connection=emails.connection)
+        existing = emails.fetch_job(job_id)
+        if existing is None:  # it expired between the check and this fetch: enqueue it after all
+            return enqueue_email(recipient, subject, body, priority=priority, connection=emails.connection,
+                                 queue=queue, job_id=job_id)
+        return existing
 
 
 def _message(recipient: Address, subject: str, body: str, sender: Address, job: Job | None) -> EmailMessage:
@@ -261,7 +266,10 @@ def _classified(error: smtplib.SMTPException | OSError, settings: SmtpSettings) 
         code, reply = getattr(error, "smtp_code", None), getattr(error, "smtp_error", b"")
     if code is None:
         # SMTPException is an OSError too: of those without a reply code, only a dropped
-        # connection is worth another attempt (not, say, STARTTLS missing)
+        # connection is worth another attempt (not, say, STARTTLS missing); nor is a certificate
+        # that does not verify, which the next attempt meets again
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return PermanentEmailError(f"{server}: its TLS certificate does not verify: {error}")
         if isinstance(error, smtplib.SMTPServerDisconnected) or not isinstance(error, smtplib.SMTPException):
             return TransientEmailError(f"{server} unreachable: {type(error).__name__}: {error}")
         return PermanentEmailError(f"{server}: {type(error).__name__}: {error}")
@@ -289,7 +297,7 @@ def send_email(recipient: str, subject: str, body: str) -> str:
             _deliver(message, address, settings)
         except (smtplib.SMTPException, OSError) as error:
             raise _classified(error, settings) from error
-    except TransientEmailError:
+    except (TransientEmailError, JobTimeoutException):  # a slow server may be quicker next time
         raise
     except Exception:
         if job is not None:

@@ -97,9 +97,16 @@ class Charge:
         fields = json.loads(text)
         return cls(**{**fields, "amount": Decimal(fields["amount"])})
 
-    def same_request(self, user_id: str, amount: Decimal, currency: str) -> bool:
-        """True if this charge was made for exactly this user, amount and currency."""
-        return (self.user_id, self.amount, self.currency) == (user_id, amount, currency)
+    def require_same_request(self, user_id: str, amount: Decimal, currency: str) -> Charge:
+        """This charge, if it was made for exactly this user, amount and currency; else ``IdempotencyKeyReused``.
+
+        Usage: ``kept = Charge.from_json(recorded).require_same_request("user_123", Decimal("49.99"), "USD")``
+        """
+        if (self.user_id, self.amount, self.currency) != (user_id, amount, currency):
+            raise IdempotencyKeyReused(
+                f"idempotency key {self.idempotency_key!r} was first used for {self.amount} {self.currency} "
+                f"by {self.user_id}, not {amount} {currency} by {user_id}")
+        return self
 
 
 class Gateway(ABC):
@@ -144,11 +151,8 @@ class SandboxGateway(Gateway):
             created_at=time.time(),
         )
         keys = (SANDBOX_CHARGE_PREFIX + idempotency_key, SANDBOX_LEDGER_KEY)
-        kept = Charge.from_json(self.connection.eval(_RECORD_ONCE, len(keys), *keys, attempt.to_json()))
-        if not kept.same_request(user_id, amount, currency):
-            raise IdempotencyKeyReused(
-                f"idempotency key {idempotency_key!r} was first used for {kept.amount} {kept.currency} "
-                f"by {kept.user_id}, not {amount} {currency} by {user_id}")
+        recorded = self.connection.eval(_RECORD_ONCE, len(keys), *keys, attempt.to_json())
+        kept = Charge.from_json(recorded).require_same_request(user_id, amount, currency)
         if kept.status == DECLINED:
             raise PaymentDeclined(kept)
         return kept

@@ -245,16 +245,20 @@ class Consumer:
                             "but not acknowledged will be written again by it")
         return batch
 
-    def drain(self, max_batches: int | None = None) -> int:
-        """Write batches until the list is empty (or ``max_batches``); returns the records written.
+    def drain(self, max_batches: int | None = None, stop: threading.Event | None = None) -> int:
+        """Write batches until the list is empty, ``max_batches`` are written or ``stop`` is set (checked
+        between batches: producers as fast as the drain must not keep SIGTERM waiting); returns the
+        records written.
 
         Raises ``LeaseLost`` if another consumer took the lease meanwhile.
+
+        Usage: ``consumer.drain(max_batches=10)``
         """
         before, done, batches = self.written, 0, 0
         with Sink(self.path) as sink:
             while True:
-                size = 0 if max_batches is not None and batches >= max_batches else self.batch_size
-                batch = self._next_batch(done, size)  # acknowledges the batch before
+                enough = (max_batches is not None and batches >= max_batches) or (stop is not None and stop.is_set())
+                batch = self._next_batch(done, 0 if enough else self.batch_size)  # acknowledges the batch before
                 if not batch:
                     return self.written - before
                 sink.append(batch)
@@ -321,7 +325,7 @@ def run_consumer(batch_size: int = DEFAULT_BATCH_SIZE, *, path: str | os.PathLik
                 try:
                     log.info("Consumer holds the lease on %s; appending to %s", EVENTS_KEY, consumer.path)
                     while not stop.is_set():
-                        count = consumer.drain()
+                        count = consumer.drain(stop=stop)
                         if count:
                             log.info("Appended %d events to %s", count, consumer.path)
                         if burst:

@@ -328,9 +328,12 @@ def send_receipt(connection: Redis, charge: Charge, recipient: str) -> str:
     """Enqueue the receipt email of ``charge`` once; returns the email job's id (the same on every re-run).
 
     It goes to the ``emails`` queue at the emails' own priority (``tasks.emails``). The email job's id
-    is derived from the idempotency key, so a re-run finds the job its first run enqueued (however
-    it died), and the record in ``RECEIPTS_KEY`` outlives that job's result, so a late requeue
-    does not send it again either.
+    is derived from the idempotency key, so a re-run finds the job its first run enqueued while that
+    job (or its result) is kept, and the record in ``RECEIPTS_KEY``, written right after, outlives
+    it, so a late requeue does not send it again either. (Left open: a first run killed between the
+    two, re-run only after the email's result expired, sends a second receipt.)
+
+    Usage: ``send_receipt(redis, charge, "ada@example.com")  # -> "receipt-<idempotency key>"``
     """
     key = charge.idempotency_key
     sent = connection.hget(RECEIPTS_KEY, key)
@@ -363,9 +366,15 @@ def process_payment(user_id: str, amount: str | Decimal | float, currency: str =
     try:
         payment = validate_payment(user_id, amount, currency, idempotency_key or f"job:{job.id}", settings,
                                    notify_email)
-        check_fraud(payment, connection, settings)
-        charge = load_gateway(connection, settings).charge(payment.idempotency_key, payment.user_id,
-                                                           payment.amount, payment.currency)
+        booked = connection.hget(PAYMENTS_PREFIX + payment.user_id, payment.idempotency_key)
+        if booked:
+            # a re-run of a payment already charged and booked: neither today's fraud limits nor the
+            # gateway's replay window (often a day) may decide it again
+            charge = Charge.from_json(booked).require_same_request(payment.user_id, payment.amount, payment.currency)
+        else:
+            check_fraud(payment, connection, settings)
+            charge = load_gateway(connection, settings).charge(payment.idempotency_key, payment.user_id,
+                                                               payment.amount, payment.currency)
     except FINAL_FAILURES:
         job.retries_left = 0  # RQ reads it when the job fails: the same input would fail the same way
         raise

@@ -8,7 +8,10 @@ SMTP conversation. Jobs run through ``rq worker`` subprocesses and an in-process
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import ssl
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -327,6 +330,55 @@ def test_starttls_required_but_not_offered_fails_at_once_and_sends_nothing_in_cl
     assert job.get_status(refresh=True) == "failed"
     assert "PermanentEmailError" in exc_text(job) and "STARTTLS" in exc_text(job)
     assert not smtp.mailbox.attempts and not smtp.mailbox.messages
+
+
+@pytest.fixture
+def self_signed(tmp_path) -> ssl.SSLContext:
+    """A server-side TLS context with a certificate no client trusts."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def test_a_certificate_that_does_not_verify_fails_at_once_and_sends_nothing(redis, monkeypatch, self_signed):
+    server = SmtpServer(free_port(), tls_context=self_signed).start()
+    try:
+        for name, value in {**server.env, "SMTP_STARTTLS": "true"}.items():
+            monkeypatch.setenv(name, value)
+        job = enqueue_email(RECIPIENT, "Welcome!", "Hello", connection=redis)
+        work(redis)
+    finally:
+        server.stop()
+    assert "PermanentEmailError" in exc_text(job) and "certificate does not verify" in exc_text(job)
+    assert job.get_status() == "failed" and len(job.results()) == 1, "one attempt, no retry"
+    assert not server.mailbox.attempts and not server.mailbox.messages
+
+
+class StallingMailbox(Mailbox):
+    """Takes 3 s to answer DATA: longer than the job may run."""
+
+    async def handle_DATA(self, server, session, envelope):
+        await asyncio.sleep(3)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_job_timeout_is_transient_and_retried(redis, monkeypatch):
+    server = SmtpServer(free_port())
+    server.mailbox = StallingMailbox()
+    server.start()
+    try:
+        for name, value in server.env.items():
+            monkeypatch.setenv(name, value)
+        job = rqplus.Queue("emails", connection=redis).enqueue(send_email, RECIPIENT, "Slow", "Hello", job_timeout=1,
+                                                               retry=Retry(max=1))
+        work(redis)
+    finally:
+        server.stop()
+    assert server.mailbox.attempts[RECIPIENT] == 2, "timed out once, retried once"
+    assert job.get_status(refresh=True) == "failed" and "JobTimeoutException" in exc_text(job)
 
 
 def test_a_bad_setting_fails_the_job_at_once_naming_the_variable(smtp, redis, monkeypatch):

@@ -34,8 +34,9 @@ from tests.conftest import wait_for
 ATTEMPTS_KEY = "test:gateway:attempts"
 #: Test gateways misbehave once per idempotency key: the first call claims ``FIRST_CALL_PREFIX + key``.
 FIRST_CALL_PREFIX = "test:gateway:first:"
-#: Worker options of the crash tests: dead workers' jobs are rescued within about 7 s.
-FAST_RESCUE = {"RQPLUS_RESCUE_INTERVAL": "1"}
+#: Worker options of the crash tests: dead workers' jobs are rescued within about 7 s (and random kills
+#: that hit one job 4 times must not fail it by the rescue cap, tested in tests/test_recovery.py).
+FAST_RESCUE = {"RQPLUS_RESCUE_INTERVAL": "1", "RQPLUS_MAX_RESCUES": "100"}
 MONITORING = ("--job-monitoring-interval", "1")
 
 
@@ -339,6 +340,21 @@ def test_a_requeue_from_the_dashboard_replays_the_charge(durable, processes, mon
     [charge] = succeeded(redis)
     assert job.return_value()["charge_id"] == charge.charge_id
     assert attempts(redis) == {job.kwargs["idempotency_key"]: 2}
+
+
+def test_a_rerun_of_a_booked_payment_asks_neither_fraud_rules_nor_the_gateway_again(durable, processes):
+    """Run again later (a requeue after the gateway forgot the key, limits lowered meanwhile): the booking decides."""
+    redis, url = durable
+    job = enqueue_payment("user_123", "49.99", connection=redis)
+    processes.finish(processes.rq_worker(url, QUEUE, env={"PAYMENTS_GATEWAY": "tests.test_payments.CountingGateway"}))
+    first = job.return_value()["charge_id"]
+    Queue(QUEUE, connection=redis).enqueue_job(job)  # the same job again, as a rescue or requeue runs it
+    strict = {"PAYMENTS_GATEWAY": "tests.test_payments.CountingGateway", "PAYMENTS_FRAUD_MAX_AMOUNT": "1"}
+    processes.finish(processes.rq_worker(url, QUEUE, env=strict))
+    assert job.get_status(refresh=True) == "finished"
+    assert job.return_value()["charge_id"] == first
+    assert attempts(redis) == {job.kwargs["idempotency_key"]: 1}, "the gateway was not called again"
+    assert len(succeeded(redis)) == 1
 
 
 def test_random_sigkills_never_charge_twice(durable, processes):

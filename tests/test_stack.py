@@ -3,6 +3,8 @@ without orphans, the demo batch and its table. Real servers, never port 6379."""
 
 from __future__ import annotations
 
+import base64
+import http.client
 import io
 import os
 import subprocess
@@ -139,3 +141,23 @@ def test_demo_batch_is_queued_most_urgent_first_and_resumed_not_doubled(redis):
     assert progress.refresh() is True
     assert out.getvalue().rstrip().endswith(
         "30 finished, 0 failed.\nPriorities in the order jobs started: " + "".join(str(p) * 3 for p in range(10)))
+
+
+def test_the_dashboard_stops_with_the_stack_even_with_a_connection_open(redis_factory, in_tmp, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", redis_factory().url)
+    monkeypatch.setenv("RQPLUS_DASHBOARD_USERNAME", "ops")
+    monkeypatch.setenv("RQPLUS_DASHBOARD_PASSWORD", "a long passphrase")
+    with Stack(["q"], workers=1, dashboard_port=0, out=io.StringIO()) as stack:
+        port = stack.dashboard.effective_port
+        thread = stack._dashboard_thread
+        keep_alive = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        keep_alive.request("GET", "/metrics", headers={"Authorization": "Basic " + base64.b64encode(
+            b"ops:a long passphrase").decode()})
+        response = keep_alive.getresponse()
+        assert response.status == 200 and b"rqplus_redis_durable" in response.read()
+    assert not thread.is_alive(), "the dashboard thread ended"
+    with pytest.raises(OSError):
+        keep_alive.request("GET", "/metrics")
+        keep_alive.getresponse()
+    with pytest.raises(ConnectionRefusedError):
+        http.client.HTTPConnection("127.0.0.1", port, timeout=5).request("GET", "/")
