@@ -25,6 +25,7 @@ from rqplus.durability import check
 from rqplus.exceptions import DurabilityError
 from rqplus.queue import Queue
 from rqplus.recovery import hand_back, mark_alive, mark_stopped, rescue_abandoned
+from rqplus.retry import stop_retries
 from rqplus.scheduler import PriorityScheduler
 
 #: Environment variable choosing what a worker does on a non-durable Redis: strict, warn or off.
@@ -183,7 +184,7 @@ class Worker(RQWorker):
             return super().perform_job(job, queue)
         self.log.error("Worker %s: refused job %s: %s", self.name, job.id, reason)
         self.connection.lrem(queue.intermediate_queue_key, 1, job.id)  # RQ's prepare step would read the job data
-        job.retries_left = None  # a forbidden function stays forbidden
+        stop_retries(job)  # a forbidden function stays forbidden
         self.handle_job_failure(job, queue, exc_string=reason)
         return False
 

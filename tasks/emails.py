@@ -40,6 +40,7 @@ from rq.job import Job
 
 from rqplus import Queue
 from rqplus.connections import shared
+from rqplus.retry import stop_retries
 
 #: The queue :func:`enqueue_email` uses by default.
 QUEUE = "emails"
@@ -300,7 +301,6 @@ def send_email(recipient: str, subject: str, body: str) -> str:
     except (TransientEmailError, JobTimeoutException):  # a slow server may be quicker next time
         raise
     except Exception:
-        if job is not None:
-            job.retries_left = 0  # RQ reads it when the job fails: the same attempt would fail the same way
+        stop_retries(job)  # the same attempt would fail the same way
         raise
     return message["Message-ID"]

@@ -38,6 +38,7 @@ from rq.utils import as_text
 
 from rqplus import Queue
 from rqplus.connections import shared
+from rqplus.retry import stop_retries
 from tasks.emails import enqueue_email, parse_address
 from tasks.gateways import Charge, Gateway, IdempotencyKeyReused, PaymentDeclined
 
@@ -376,7 +377,7 @@ def process_payment(user_id: str, amount: str | Decimal | float, currency: str =
             charge = load_gateway(connection, settings).charge(payment.idempotency_key, payment.user_id,
                                                                payment.amount, payment.currency)
     except FINAL_FAILURES:
-        job.retries_left = 0  # RQ reads it when the job fails: the same input would fail the same way
+        stop_retries(job)  # the same input would fail the same way
         raise
     connection.hset(PAYMENTS_PREFIX + payment.user_id, payment.idempotency_key, charge.to_json())
     job.meta["charge_id"] = charge.charge_id

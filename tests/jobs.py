@@ -57,3 +57,12 @@ def crash_worker(tag: str) -> None:
     record(tag)
     os.kill(os.getppid(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fail_final(tag: str) -> None:
+    """Record ``tag``, then fail for good: no retry, whatever the job's ``Retry`` says."""
+    from rqplus.retry import stop_retries
+
+    record(tag)
+    stop_retries()
+    raise ValueError(f"job {tag} cannot succeed")
