@@ -20,6 +20,7 @@ from redis.retry import Retry
 
 from rqplus import __version__, durability, stack
 from rqplus.connections import REDIS_URL_ENV, connect, redact, redis_url, url_is_configured
+from rqplus.defaults import DASHBOARD_HOST, DASHBOARD_PORT, DASHBOARD_PREFIX
 
 #: Seconds ``rqplus check`` waits to connect and for each answer (one attempt, no retries).
 CHECK_TIMEOUT = 2.0
@@ -39,7 +40,7 @@ def main() -> None:
 @click.option("--exit-when-done", is_flag=True, help="With --demo: stop once every demo job has run.")
 @click.option("--url", "-u", metavar="URL",
               help="Redis to use (default: $REDIS_URL, else a local Redis, else an embedded one in ./.rqplus).")
-@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=stack.DASHBOARD_PORT, show_default=True,
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=DASHBOARD_PORT, show_default=True,
               help="Serve the dashboard on 127.0.0.1 at this port (0: any free port; another one if taken).")
 @click.option("--no-dashboard", is_flag=True, help="Do not serve the dashboard.")
 @click.argument("queues", nargs=-1)
@@ -97,9 +98,10 @@ def check(url: str | None) -> None:
 
 @main.command(short_help="Serve the dashboard: rq-dashboard, secured, with rqplus' views.")
 @click.option("--url", "-u", metavar="URL", help="Redis to show (default: $REDIS_URL, else redis://127.0.0.1:6379/0).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=9181, show_default=True, help="Port to listen on.")
-@click.option("--prefix", default="/rq", show_default=True, help="Where rq-dashboard's pages live.")
+@click.option("--host", default=DASHBOARD_HOST, show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DASHBOARD_PORT, show_default=True,
+              help="Port to listen on (0: any free port, printed at start).")
+@click.option("--prefix", default=DASHBOARD_PREFIX, show_default=True, help="Where rq-dashboard's pages live.")
 @click.option("--no-auth", is_flag=True, help="Serve without authentication (loopback addresses only).")
 def dashboard(url: str | None, host: str, port: int, prefix: str, no_auth: bool) -> None:
     """Serve the dashboard with waitress: rq-dashboard at --prefix, rqplus' pages at /.
@@ -115,7 +117,7 @@ def dashboard(url: str | None, host: str, port: int, prefix: str, no_auth: bool)
     try:
         app = board.create_app(url, auth=not no_auth, prefix=prefix)
         server = board.make_server(app, host, port)
-    except (board.DashboardConfigError, ValueError, OSError) as error:  # no credentials, bad URL, port taken
+    except (ValueError, OSError) as error:  # no credentials (DashboardConfigError), bad URL, port taken
         click.echo(f"rqplus dashboard: error: {error}", err=True)
         raise SystemExit(2) from None
     shown_host = f"[{host}]" if ":" in host else host

@@ -17,3 +17,8 @@ DEFAULT_QUEUES = ("default",)
 #: Largest serialized job (function reference and arguments) accepted at enqueue, in bytes;
 #: ``RQPLUS_MAX_PAYLOAD_BYTES`` overrides it. Big inputs belong in storage, with their key in the job.
 MAX_PAYLOAD_BYTES = 1024 * 1024
+
+#: Where ``rqplus dashboard`` listens, and where rq-dashboard's pages live in it.
+DASHBOARD_HOST = "127.0.0.1"
+DASHBOARD_PORT = 9181
+DASHBOARD_PREFIX = "/rq"

@@ -37,7 +37,7 @@ from waitress import wasyncore
 from waitress.server import BaseWSGIServer
 
 from rqplus.connections import REDIS_URL_ENV, connect, is_reachable, redact, redis_url, url_is_configured
-from rqplus.defaults import DEFAULT_DATA_DIR, DEFAULT_QUEUES, DEFAULT_REDIS_URL
+from rqplus.defaults import DASHBOARD_HOST, DEFAULT_DATA_DIR, DEFAULT_QUEUES, DEFAULT_REDIS_URL
 from rqplus.durability import check
 from rqplus.embedded import DURABLE_CONFIG, RedisServer, RedisServerError
 from rqplus.queue import Queue
@@ -46,8 +46,7 @@ from rqplus.queue import Queue
 LOCAL_URL_ENV = "RQPLUS_LOCAL_URL"
 #: How long a stopping worker may take to finish its current job before it is killed, in seconds.
 WORKER_STOP_TIMEOUT = 30.0
-#: Where ``rqplus up`` serves the dashboard, and the user it makes up when none is configured.
-DASHBOARD_PORT = 9181
+#: The user ``rqplus up`` makes up for the dashboard when none is configured.
 DASHBOARD_USER = "admin"
 #: How often ``up`` checks its processes and redraws the demo table, in seconds.
 REFRESH_SECONDS = 0.5
@@ -265,11 +264,11 @@ class Stack:
                      f"{dashboard.security.USERNAME_ENV} and {dashboard.security.PASSWORD_ENV} to choose)")
         app = dashboard.create_app(self.url, credentials=credentials)
         port = self.dashboard_port if port_is_free(self.dashboard_port) else 0
-        self.dashboard = dashboard.make_server(app, "127.0.0.1", port)
+        self.dashboard = dashboard.make_server(app, DASHBOARD_HOST, port)
         self._dashboard_thread = threading.Thread(target=self.dashboard.run, name="rqplus-dashboard", daemon=True)
         self._dashboard_thread.start()
         moved = "" if port == self.dashboard_port else f" (port {self.dashboard_port} is taken)"
-        self.say(f"Dashboard: http://127.0.0.1:{self.dashboard.effective_port}/{moved}{shown}")
+        self.say(f"Dashboard: http://{DASHBOARD_HOST}:{self.dashboard.effective_port}/{moved}{shown}")
 
     def connection(self) -> Redis:
         """A new client of the Redis in use."""

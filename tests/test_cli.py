@@ -125,7 +125,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_finishes_the_jobs_left_queued(rqp
     second.finish()
     out = assert_stopped_cleanly(second)
     left = int(re.search(r"Demo: resuming (\d+) jobs left in queue 'demo' by a previous run", out).group(1))
-    assert 0 < left < 28
+    assert 0 < left <= 28  # >= 2 finished before Ctrl-C; during the shutdown workers may run use-case jobs
     assert "30 finished, 0 failed" in out, "the AOF kept every job, and none was run twice"
 
 

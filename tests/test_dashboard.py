@@ -10,6 +10,8 @@ import base64
 import json
 import os
 import pickle
+import re
+import time
 import zlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,8 +28,8 @@ from rq_scheduler import Scheduler
 
 from rqplus import Queue
 from rqplus.cli import main
-from rqplus.dashboard import Credentials, DashboardConfigError, audit, create_app
-from rqplus.dashboard.payloads import Masker, SafeSerializer, Withheld, withheld_in
+from rqplus.dashboard import Credentials, DashboardConfigError, audit, create_app, metrics, security
+from rqplus.dashboard.payloads import DashboardJob, Masker, SafeSerializer, Withheld, shown, withheld_in
 from rqplus.embedded import RedisServer
 
 USER, PASSWORD = "admin", "correct horse battery staple"
@@ -50,6 +52,18 @@ def client(app) -> FlaskClient:
     client.get("/")  # the login started a fresh session: fetch its token
     client.token = client.get_cookie("_csrf_token").value
     return client
+
+
+def count_calls(monkeypatch, owner: object, name: str):
+    """Count the calls of ``owner.name`` from now on; returns a function giving the count."""
+    original, calls = getattr(owner, name), []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return lambda: len(calls)
 
 
 def post(client: FlaskClient, path: str, **kwargs):
@@ -85,21 +99,39 @@ def test_cli_refuses_without_credentials_and_no_auth_off_loopback(monkeypatch, r
     assert result.exit_code == 2 and "loopback" in result.output
 
 
+def every_route(app) -> list[tuple[str, str, str]]:
+    """``(endpoint, method, path)`` for each route of ``app.url_map`` and method (HEAD aside), URL
+    arguments filled in. Shared with the browser tests, which send the same list to the real server.
+    """
+    found = []
+    for rule in app.url_map.iter_rules():
+        path = rule.rule.replace("<int:", "<").replace("<path:", "<")
+        for arg in rule.arguments:
+            path = path.replace(f"<{arg}>", "0" if arg in ("instance_number", "per_page", "page") else "x")
+        found += [(rule.endpoint, method, path) for method in sorted(rule.methods - {"HEAD"})]
+    assert len(found) > 20
+    return found
+
+
+def anonymous_answers(endpoint: str, method: str, wants_html: bool) -> set[int]:
+    """What a request without credentials may get: the login form is the one open page (posting to
+    it still needs the form's CSRF token); HTML page views redirect to it; the rest is refused."""
+    if endpoint == "auth.login" and method in ("GET", "OPTIONS"):
+        return {200}
+    if method == "GET" and wants_html:
+        return {302}
+    return {401, 403}
+
+
 def test_every_route_refuses_requests_without_credentials(app) -> None:
     client = app.test_client()
-    for rule in app.url_map.iter_rules():
-        path = rule.rule
-        for arg in rule.arguments:
-            path = path.replace(f"<int:{arg}>", "0").replace(f"<path:{arg}>", "x").replace(f"<{arg}>", "x")
-        for method in rule.methods - {"HEAD"}:
-            for accept in ("application/json", "text/html"):
-                answer = client.open(path, method=method, headers={"Accept": accept})
-                if rule.endpoint == "auth.login" and method in ("GET", "OPTIONS"):  # the one open page
-                    assert answer.status_code == 200
-                elif method == "GET" and accept == "text/html":
-                    assert answer.status_code == 302 and answer.location.startswith("/login"), (method, path)
-                else:
-                    assert answer.status_code in (401, 403), (method, path, answer.status_code)
+    for endpoint, method, path in every_route(app):
+        for accept in ("application/json", "text/html"):
+            answer = client.open(path, method=method, headers={"Accept": accept})
+            assert answer.status_code in anonymous_answers(endpoint, method, accept == "text/html"), \
+                (method, path, accept, answer.status_code)
+            if answer.status_code == 302:
+                assert answer.location.startswith("/login"), (method, path)
 
 
 def test_basic_auth_for_scripts_and_wrong_passwords(app) -> None:
@@ -110,16 +142,50 @@ def test_basic_auth_for_scripts_and_wrong_passwords(app) -> None:
     assert answer.status_code == 401 and answer.headers["WWW-Authenticate"].startswith("Basic")
 
 
+#: ``next=`` values that must not leave the site: browsers drop tabs and newlines from URLs and
+#: read a backslash as a slash, so each of these would reach evil.example (or break the header).
+FOREIGN_TARGETS = ("//evil.example/", "https://evil.example/", "/\\evil.example", "/\t/evil.example",
+                   "/\n/evil.example", "/\r/x", "/ /evil.example", "/\x7f/evil.example", "/\x00/x")
+
+
 def test_login_form_and_no_open_redirect(app) -> None:
     client = app.test_client()
     client.get("/login")
     token = client.get_cookie("_csrf_token").value
     wrong = client.post("/login", data={"username": USER, "password": "x", "_csrf_token": token})
     assert wrong.status_code == 401 and b"Wrong user name or password" in wrong.data
-    answer = client.post("/login", data={"username": USER, "password": PASSWORD, "_csrf_token": token,
-                                         "next": "//evil.example/"})
-    assert answer.status_code == 302 and answer.location == "/"
-    assert client.get_cookie("_csrf_token").value != token  # a fresh session after login
+    for target in FOREIGN_TARGETS:                    # the POST login
+        client = app.test_client()
+        client.get("/login")
+        token = client.get_cookie("_csrf_token").value
+        answer = client.post("/login", data={"username": USER, "password": PASSWORD, "_csrf_token": token,
+                                             "next": target})
+        assert answer.status_code == 302 and answer.location == "/", (target, answer.location)
+        assert client.get_cookie("_csrf_token").value != token  # a fresh session after login
+    for target in FOREIGN_TARGETS:                    # already logged in: the immediate redirect
+        answer = client.get("/login", query_string={"next": target})
+        assert answer.status_code == 302 and answer.location == "/", (target, answer.location)
+    assert client.get("/login?next=/failed%3Fqueue%3Dq").location == "/failed?queue=q"
+
+
+def test_repeated_failed_sign_ins_are_throttled(app, redis: Redis) -> None:
+    client = app.test_client()
+    client.get("/login")
+    token = client.get_cookie("_csrf_token").value
+    form = {"username": USER, "password": "guess", "_csrf_token": token}
+    wrong = {"Authorization": "Basic " + base64.b64encode(f"{USER}:guess".encode()).decode()}
+    for attempt in range(security.LOGIN_FAILURES_LIMIT):   # form and Basic auth failures count alike
+        answer = client.post("/login", data=form) if attempt % 2 else client.get("/metrics", headers=wrong)
+        assert answer.status_code == 401, attempt
+    refused = client.post("/login", data={**form, "password": PASSWORD})   # even the right password, now
+    assert refused.status_code == 429 and "too many failed sign-ins" in refused.text
+    assert 0 < int(refused.headers["Retry-After"]) <= security.LOGIN_FAILURES_WINDOW
+    assert client.get("/metrics", headers=BASIC).status_code == 429
+    assert client.get("/", headers={"Accept": "application/json"}).status_code == 401   # not signed in
+    other = app.test_client()                              # another address is not affected
+    assert other.get("/metrics", headers=BASIC, environ_base={"REMOTE_ADDR": "10.0.0.7"}).status_code == 200
+    redis.delete(*redis.keys(security.LOGIN_FAILURES_KEY + ":*"))   # the window passed
+    assert client.get("/metrics", headers=BASIC).status_code == 200
 
 
 def test_security_headers(client: FlaskClient) -> None:
@@ -207,22 +273,50 @@ def test_audit_log_is_bounded(redis: Redis) -> None:
     assert audit.entries(redis, 1)[0]["target"] == f"job {audit.AUDIT_LENGTH + 4}"
 
 
-def test_bulk_requeue_by_function_and_exception_with_count_first(client: FlaskClient, redis: Redis) -> None:
+def confirmation(page: bytes) -> dict[str, str]:
+    """The hidden fields of the failed-jobs page's "Requeue these N jobs" form."""
+    form = page.decode().split('id="bulk-requeue"')[1].split("</form>")[0]
+    return dict(re.findall(r'name="(expected|selection)" value="([^"]*)"', form))
+
+
+def test_bulk_requeue_by_function_and_exception_with_count_first(client: FlaskClient, redis: Redis,
+                                                                 monkeypatch) -> None:
     queue = Queue("q", connection=redis)
     records = [queue.enqueue("tests.jobs.record", str(n), priority=n) for n in range(3)]
     other = queue.enqueue("tests.jobs.fail", "other")
     for job in records:
         fail(job)
     fail(other, "Traceback ...\nRuntimeError: other")
+    # the latest results are read in one pipeline, not one round trip per job
+    monkeypatch.setattr(DashboardJob, "latest_result", lambda *a, **k: pytest.fail("latest_result per job"))
     page = client.get("/failed?function=tests.jobs.record&exception=ValueError")
     assert b'<strong id="match-count">3</strong>' in page.data
+    shown = confirmation(page.data)
+    assert shown["expected"] == "3"
     form = {"function": "tests.jobs.record", "exception": "ValueError"}
-    stale = post(client, "/failed/requeue", data={**form, "expected": "2"})
+    stale = post(client, "/failed/requeue", data={**form, **shown, "selection": "0" * 64})
     assert stale.status_code == 409 and queue.count == 0
-    assert post(client, "/failed/requeue", data={**form, "expected": "3"}).status_code == 302
+    restores = count_calls(monkeypatch, Job, "restore")
+    assert post(client, "/failed/requeue", data={**form, **shown}).status_code == 302
+    # each listed once (pipelined; `other` too, to be filtered out), then loaded once more by RQ's requeue
+    assert restores() <= 2 * len(records) + 1
     assert queue.get_job_ids() == [job.id for job in records]
     assert FailedJobRegistry("q", connection=redis).get_job_ids() == [other.id]
     assert audit.entries(redis)[0]["count"] == 3
+
+
+def test_bulk_requeue_refuses_another_selection_of_the_same_size(client: FlaskClient, redis: Redis) -> None:
+    queue = Queue("q", connection=redis)
+    first, second, third = (queue.enqueue("tests.jobs.record", str(n)) for n in range(3))
+    fail(first)
+    fail(second)
+    shown = confirmation(client.get("/failed?queue=q").data)
+    assert shown["expected"] == "2"
+    FailedJobRegistry("q", connection=redis).remove(first, delete_job=True)   # meanwhile: one gone,
+    fail(third)                                                                # another failed
+    refused = post(client, "/failed/requeue", data={"queue": "q", **shown})
+    assert refused.status_code == 409 and "selection changed" in refused.json["message"]
+    assert queue.count == 0 and FailedJobRegistry("q", connection=redis).count == 2
 
 
 # --- forged payloads and secrets ---------------------------------------------------------------
@@ -266,11 +360,24 @@ def test_safe_serializer_reads_plain_data_and_withholds_the_rest() -> None:
     assert isinstance(loaded["path"], Withheld) and withheld_in(loaded) == ["pathlib.PosixPath"]
 
 
+def test_shown_masks_once_however_deep(monkeypatch) -> None:
+    masker = Masker()
+    calls = count_calls(monkeypatch, masker, "data")   # Masker.data recurses through this too
+    deep: object = {"password": "p", "note": "token=abc"}
+    for _ in range(30):
+        deep = {"level": [deep]}
+    text = json.dumps(shown(deep, masker))
+    assert '"password": "***"' in text and "token=***" in text
+    assert calls() <= 2 * 30 + 3        # one call per node: masked once, not again at every level
+    # (masking again at every level visits about 2 * 30 * 30 / 2 nodes)
+
+
 def test_masking_in_text_and_data(monkeypatch) -> None:
     masker = Masker()
     assert masker.text("charge(7, card='4111 1111', user_password=\"p w\", note='ok')") == \
         "charge(7, card='***', user_password=\"***\", note='ok')"
     assert masker.text("https://x/cb?api_token=abc&page=2") == "https://x/cb?api_token=***&page=2"
+    assert masker.text("CardError: card='4111 1111' secret: https://u:p@x/") == "CardError: card='***' secret: ***"
     assert masker.data({"user": 1, "IBAN": "DE89", "nested": [{"cvv": 123}]}) == \
         {"user": 1, "IBAN": "***", "nested": [{"cvv": "***"}]}
     monkeypatch.setenv("RQPLUS_DASHBOARD_MASK_KEYS", "pin")
@@ -281,11 +388,23 @@ def test_secrets_are_masked_on_every_page(client: FlaskClient, redis: Redis) -> 
     queue = Queue("q", connection=redis)
     job = queue.enqueue("tests.jobs.record", "order 42", card="4111 1111 1111 1111",
                         meta={"api_token": "tok-123", "customer": {"iban": "DE8937040044"}})
-    fail(job)
+    fail(job, "Traceback ...\nCardDeclined: card='4242 4242 4242 4242' password=hunter2 for order 42")
     pages = [f"/rq/0/data/job/{job.id}.json", "/rq/0/data/jobs/q/failed/8/asc/1.json"]
-    bodies = b"".join(client.get(path).data for path in pages)
+    answers = [client.get(path).json for path in pages]
+    bodies = json.dumps(answers).encode()
     assert b"order 42" in bodies and b"***" in bodies
-    assert b"4111" not in bodies and b"tok-123" not in bodies and b"DE8937" not in bodies
+    for secret in (b"4111", b"tok-123", b"DE8937", b"4242", b"hunter2"):
+        assert secret not in bodies, secret
+    assert answers[0]["exc_info"].endswith("card='***' password=*** for order 42")      # job_info
+    assert answers[1]["jobs"][0]["exc_info"].endswith("card='***' password=*** for order 42")  # list_jobs
+
+
+def test_job_info_loads_the_job_once(client: FlaskClient, redis: Redis, monkeypatch) -> None:
+    job = Queue("q", connection=redis).enqueue("tests.jobs.record", "x", meta={"tenant": 7})
+    restores = count_calls(monkeypatch, Job, "restore")
+    info = client.get(f"/rq/0/data/job/{job.id}.json").json
+    assert (info["id"], info["status"], info["origin"], json.loads(info["metadata"])["tenant"]) == (job.id, "queued", "q", 7)
+    assert restores() == 1
 
 
 # --- rqplus views ------------------------------------------------------------------------------
@@ -314,3 +433,65 @@ def test_metrics_in_prometheus_format(client: FlaskClient, redis: Redis) -> None
     for expected in ('rqplus_queue_jobs{queue="q",priority="1"} 2', 'rqplus_queue_depth{queue="q"} 2',
                      'rqplus_failed_jobs{queue="q"} 1', "rqplus_redis_durable 0", "# TYPE rqplus_workers gauge"):
         assert expected in lines
+
+
+def test_a_bad_priority_field_does_not_break_the_pages(client: FlaskClient, redis: Redis) -> None:
+    queue = Queue("q", connection=redis)
+    jobs = [queue.enqueue("tests.jobs.record", str(n), priority=0) for n in range(3)]
+    for job, forged in zip(jobs, (b"x", b"12", b"\xff")):   # corrupted, out of range, not even text
+        redis.hset(job.key, "priority", forged)
+    assert client.get("/").status_code == 200
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    assert 'rqplus_queue_jobs{queue="q",priority="5"} 3' in answer.text.splitlines()   # counted at the default
+    assert metrics.stored_priority(None) == 5 and metrics.stored_priority(b"3") == 3
+
+
+def test_depth_samples_take_redis_ids_whatever_the_dashboard_clock(redis: Redis, monkeypatch) -> None:
+    Queue("q", connection=redis).enqueue("tests.jobs.record", "x")
+    real = time.time
+    for skew in (86400, -86400):   # two dashboards a day apart, one after the other
+        monkeypatch.setattr(time, "time", lambda skew=skew: real() + skew)
+        redis.delete(metrics.DEPTH_LOCK_KEY)
+        assert metrics.sample_depths(redis) is not None
+    monkeypatch.setattr(time, "time", real)
+    server_now = metrics.redis_time(redis)
+    history = metrics.depth_history(redis)["q"]
+    assert len(history) == 2 and all(abs(at - server_now) < 5 for at, _ in history)
+    assert history[-1][1] == 1
+    assert metrics.sample_depths(redis) is None      # throttled: one sample per interval
+
+
+def test_json_polls_reuse_one_redis_client(client: FlaskClient, redis: Redis) -> None:
+    Queue("q", connection=redis).enqueue("tests.jobs.record", "x")
+    client.get("/rq/0/data/queues.json")                # the pools are warm
+    before = redis.info("stats")["total_connections_received"]
+    for _ in range(20):
+        assert client.get("/rq/0/data/queues.json").status_code == 200
+        assert client.get("/rq/0/data/workers.json").status_code == 200
+    assert redis.info("stats")["total_connections_received"] - before <= 2   # was one per poll
+    assert client.get("/rq/1/data/queues.json").status_code == 404           # one Redis: instance 0
+
+
+def test_public_functions_say_how_to_use_them() -> None:
+    import importlib
+    import inspect
+    import pkgutil
+
+    import rqplus.dashboard as package
+    missing = []
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            members = [(name, obj)] if inspect.isfunction(obj) else []
+            if inspect.isclass(obj):
+                members += [(f"{name}.{member}", inspect.unwrap(getattr(obj, member)))
+                            for member, value in vars(obj).items() if not member.startswith("_")
+                            and inspect.isfunction(getattr(value, "__func__", value))]
+                if not obj.__doc__:
+                    missing.append(name)
+            missing += [f"{module.__name__}.{label}" for label, function in members
+                        if "Usage" not in (function.__doc__ or "") or "return" not in function.__annotations__]
+    assert missing == []

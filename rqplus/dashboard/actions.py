@@ -10,17 +10,27 @@ Usage::
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
 from redis import Redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus
-from rq.registry import (BaseRegistry, CanceledJobRegistry, DeferredJobRegistry, FailedJobRegistry,
-                         FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry)
+from rq.registry import (
+    BaseRegistry,
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+from rq.results import Result
+from rq.utils import as_text
 
 from rqplus.dashboard import audit
-from rqplus.dashboard.payloads import DashboardJob, serializer_for, withheld_in
+from rqplus.dashboard.metrics import all_queues
+from rqplus.dashboard.payloads import DashboardJob, SafeSerializer, serializer_for, withheld_in
 from rqplus.queue import Queue
 
 #: The registries rq-dashboard's "Empty" button can clear, by the name in its URLs.
@@ -75,21 +85,26 @@ def requeue(connection: Redis, job_id: str, actor: Actor) -> DashboardJob:
 
 def _requeue(connection: Redis, job_id: str) -> DashboardJob:
     job = fetch(connection, job_id)
+    _requeue_loaded(connection, job)
+    return job
+
+
+def _requeue_loaded(connection: Redis, job: DashboardJob) -> None:
+    """Requeue an already loaded failed job by its id (RQ's requeue loads it once more, to save it)."""
     status = job.get_status(refresh=False)
     if status != JobStatus.FAILED:
-        raise ActionError(409, f"job {job_id} is {status.value if status else 'without a status'}, not failed: "
+        raise ActionError(409, f"job {job.id} is {status.value if status else 'without a status'}, not failed: "
                                "only failed jobs are requeued")
     withheld = withheld_in(job.meta)
     if withheld:
-        raise ActionError(409, f"job {job_id} has meta the dashboard does not load ({', '.join(withheld)}): "
+        raise ActionError(409, f"job {job.id} has meta the dashboard does not load ({', '.join(withheld)}): "
                                "requeue it from Python with rqplus.Queue.requeue_failed")
     # saved back with the serializer that wrote it, so the worker reads it as before
     queue = Queue(job.origin, connection=connection, serializer=serializer_for(job.data))
     try:
-        queue.requeue_failed(job_id)
-    except InvalidJobOperation:
-        raise ActionError(409, f"job {job_id} is not in the failed registry of queue {job.origin!r}") from None
-    return job
+        queue.requeue_failed(job.id)
+    except (InvalidJobOperation, NoSuchJobError):  # requeued or deleted meanwhile
+        raise ActionError(409, f"job {job.id} is not in the failed registry of queue {job.origin!r}") from None
 
 
 def requeue_all(connection: Redis, queue_name: str, actor: Actor) -> int:
@@ -98,53 +113,79 @@ def requeue_all(connection: Redis, queue_name: str, actor: Actor) -> int:
     Usage: ``requeue_all(redis, "emails", Actor("admin"))``
     """
     job_ids = FailedJobRegistry(queue_name, connection=connection).get_job_ids(cleanup=False)
-    return _requeue_many(connection, job_ids, actor, f"failed jobs of queue {queue_name}")
+    jobs = [job for start in range(0, len(job_ids), BULK_SCAN_LIMIT)
+            for job in DashboardJob.fetch_many(job_ids[start:start + BULK_SCAN_LIMIT], connection=connection)]
+    return _requeue_many(connection, jobs, actor, f"failed jobs of queue {queue_name}")
 
 
 @dataclass
 class FailedJob:
-    """A failed job as the bulk requeue filter sees it."""
+    """A failed job as the bulk requeue filter sees it; ``job`` is the job as loaded for the listing."""
 
     id: str
     queue: str
     function: str
     exception: str
+    job: DashboardJob = field(repr=False, compare=False)
+
+    def matches(self, queue: str | None = None, function: str | None = None, exception: str | None = None) -> bool:
+        """True when every filter given (exact names; None: any) matches: the one filter rule of
+        the failed-jobs page and its bulk requeue.
+
+        Usage: ``[job for job in failed_jobs(redis) if job.matches(exception="TimeoutError")]``
+        """
+        return all(wanted is None or wanted == value
+                   for wanted, value in ((queue, self.queue), (function, self.function), (exception, self.exception)))
 
 
 def failed_jobs(connection: Redis, queue: str | None = None, function: str | None = None,
                 exception: str | None = None) -> list[FailedJob]:
     """Failed jobs matching every filter given (exact queue, function and exception type names).
 
+    Two pipelined round trips per queue: the jobs, then their latest results.
+
     Usage: ``failed_jobs(redis, queue="emails", exception="TimeoutError")``
     """
-    names = [queue] if queue else sorted(q.name for q in Queue.all(connection=connection))
+    names = [queue] if queue else [q.name for q in all_queues(connection)]
     found = []
     for name in names:
         job_ids = FailedJobRegistry(name, connection=connection).get_job_ids(0, BULK_SCAN_LIMIT - 1, cleanup=False)
-        for job in DashboardJob.fetch_many(job_ids, connection=connection):
-            if job is None:
-                continue
-            item = FailedJob(job.id, name, _function_of(job), exception_type(_exc_text(job)))
-            if (not function or item.function == function) and (not exception or item.exception == exception):
+        jobs = [job for job in DashboardJob.fetch_many(job_ids, connection=connection) if job is not None]
+        for job, exc_text in zip(jobs, _exc_texts(connection, jobs)):
+            item = FailedJob(job.id, name, _function_of(job), exception_type(exc_text), job)
+            if item.matches(queue, function, exception):
                 found.append(item)
     return found
 
 
+def selection_digest(jobs: list[FailedJob]) -> str:
+    """A digest of the job ids selected: the bulk requeue runs only if the jobs matching now are
+    exactly the ones the user confirmed (not merely as many).
+
+    Usage: ``selection_digest(failed_jobs(redis, queue="q"))``
+    """
+    return hashlib.sha256("\n".join(sorted(job.id for job in jobs)).encode()).hexdigest()
+
+
 def requeue_matching(connection: Redis, jobs: list[FailedJob], actor: Actor, what: str) -> int:
-    """Requeue the given failed jobs (from :func:`failed_jobs`); returns how many were requeued.
+    """Requeue the given failed jobs (from :func:`failed_jobs`, not fetched again); returns how many
+    were requeued.
 
     Usage: ``requeue_matching(redis, failed_jobs(redis, queue="q"), Actor("admin"), "queue q")``
     """
-    return _requeue_many(connection, [job.id for job in jobs], actor, what)
+    return _requeue_many(connection, [job.job for job in jobs], actor, what)
 
 
-def _requeue_many(connection: Redis, job_ids: list[str], actor: Actor, what: str) -> int:
+def _requeue_many(connection: Redis, jobs: list[DashboardJob | None], actor: Actor, what: str) -> int:
     requeued = skipped = 0
-    for job_id in job_ids:
+    for job in jobs:
+        if job is None:  # gone since its id was listed
+            skipped += 1
+            continue
         try:
-            _requeue(connection, job_id)
+            _requeue_loaded(connection, job)
             requeued += 1
-        except ActionError:  # one odd job (gone, requeued meanwhile) must not stop the rest
+        except ActionError:  # one odd job (requeued meanwhile, unloadable meta) must not stop the rest
             skipped += 1
     # one entry for the whole batch, with its counts
     audit.record(connection, actor.user, "requeue-many", what, ip=actor.ip, count=requeued, skipped=skipped)
@@ -205,14 +246,20 @@ def exception_type(exc_text: str | None) -> str:
     return lines[-1].split(":", 1)[0].strip() if lines else ""
 
 
-def _exc_text(job: DashboardJob) -> str | None:
-    result = job.latest_result()
-    if result and result.exc_string:
-        return result.exc_string
-    # jobs failed without a result entry (rqplus' quarantine, older RQ) keep it on the job itself
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return job.exc_info
+def _exc_texts(connection: Redis, jobs: list[DashboardJob]) -> list[str | None]:
+    """Each job's exception text, from its latest result: one pipelined round trip for all."""
+    with connection.pipeline(transaction=False) as pipe:
+        for job in jobs:
+            pipe.xrevrange(Result.get_key(job.id), "+", "-", count=1)
+        latest = pipe.execute()
+    texts = []
+    for job, entries in zip(jobs, latest):
+        result = (Result.restore(job.id, as_text(entries[0][0]), entries[0][1], connection=connection,
+                                 serializer=SafeSerializer) if entries else None)
+        # jobs failed without a result entry (rqplus' quarantine, older RQ) keep it in the job hash,
+        # already loaded (RQ's job.exc_info would fetch the latest result once more)
+        texts.append(result.exc_string if result and result.exc_string else job._exc_info)
+    return texts
 
 
 def _function_of(job: DashboardJob) -> str:

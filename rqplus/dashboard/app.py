@@ -27,11 +27,11 @@ from rqplus.dashboard.actions import ActionError
 from rqplus.dashboard.payloads import Masker
 from rqplus.dashboard.security import Credentials
 from rqplus.dashboard.views import Dashboard, blueprint
+from rqplus.defaults import DASHBOARD_HOST, DASHBOARD_PORT, DASHBOARD_PREFIX
 
 HERE = Path(__file__).resolve().parent
 #: Keeps sessions valid across restarts and between processes serving one dashboard; random otherwise.
 SECRET_KEY_ENV = "RQPLUS_DASHBOARD_SECRET_KEY"
-DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PREFIX = "127.0.0.1", 9181, "/rq"
 
 
 class DashboardConfigError(ValueError):
@@ -39,7 +39,7 @@ class DashboardConfigError(ValueError):
 
 
 def create_app(url: str | None = None, *, credentials: Credentials | None = None, auth: bool = True,
-               prefix: str = DEFAULT_PREFIX, secret_key: str | None = None,
+               prefix: str = DASHBOARD_PREFIX, secret_key: str | None = None,
                mask_keys: Iterable[str] | None = None) -> Flask:
     """The dashboard as a Flask app, for ``serve`` or for mounting in an existing WSGI app.
 
@@ -87,7 +87,7 @@ def _answer_cleanly(app: Flask) -> None:
              f"{type(error).__name__}"))
 
 
-def make_server(app: Flask, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+def make_server(app: Flask, host: str = DASHBOARD_HOST, port: int = DASHBOARD_PORT,
                 threads: int = 8) -> BaseWSGIServer | MultiSocketServer:
     """A waitress server for ``app``, bound but not yet serving: ``.run()`` serves until ``.close()``.
 
@@ -99,7 +99,7 @@ def make_server(app: Flask, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     return create_server(app, host=host, port=port, threads=threads, ident="rqplus-dashboard")
 
 
-def serve(app: Flask, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+def serve(app: Flask, host: str = DASHBOARD_HOST, port: int = DASHBOARD_PORT) -> None:
     """Serve ``app`` with waitress (a production WSGI server) until interrupted.
 
     Usage: ``serve(create_app(), "127.0.0.1", 9181)``

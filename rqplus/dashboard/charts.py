@@ -18,6 +18,11 @@ PALETTE = ("#0d6efd", "#dc3545", "#198754", "#fd7e14", "#6f42c1", "#20c997", "#6
 
 @dataclass
 class Line:
+    """One series as drawn: its name, colour, ``points`` for ``<polyline points=...>``, last value.
+
+    Usage (in a template): ``<polyline stroke="{{ line.colour }}" points="{{ line.points }}"/>``
+    """
+
     name: str
     colour: str
     points: str

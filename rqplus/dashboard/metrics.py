@@ -24,11 +24,12 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from rq.utils import as_text, utcparse
 from rq_scheduler import Scheduler
 
+from rqplus.dashboard.payloads import DashboardJob, SafeSerializer
 from rqplus.defaults import DEFAULT_PRIORITY
 from rqplus.durability import DurabilityReport, cached_check
+from rqplus.priority import PRIORITY_KEY, validate_priority
 from rqplus.queue import Queue
 from rqplus.recovery import marker_key
-from rqplus.dashboard.payloads import DashboardJob, SafeSerializer
 from rqplus.worker import Worker
 
 #: Queued ids read per queue for the per-priority counts; longer queues show partial counts.
@@ -65,16 +66,28 @@ def queue_stats(connection: Redis, limit: int = SCAN_LIMIT) -> list[QueueStats]:
 
     Usage: ``{s.name: s.depth for s in queue_stats(redis)}``
     """
-    return [_one_queue(Queue(name, connection=connection), limit) for name in queue_names(connection)]
+    return [_one_queue(queue, limit) for queue in all_queues(connection)]
 
 
-def queue_names(connection: Redis) -> list[str]:
-    """Names of the queues RQ has registered.
+def all_queues(connection: Redis) -> list[Queue]:
+    """Every queue RQ has registered (``rqplus.Queue.all``), sorted by name: the one listing the
+    dashboard's pages, metrics and actions share.
 
-    Usage: ``queue_names(redis) == ["default", "emails"]``
+    Usage: ``[q.name for q in all_queues(redis)] == ["default", "emails"]``
     """
-    prefix = Queue.redis_queue_namespace_prefix
-    return sorted(as_text(key)[len(prefix):] for key in connection.smembers(Queue.redis_queues_keys))
+    return sorted(Queue.all(connection=connection), key=lambda queue: queue.name)
+
+
+def stored_priority(raw: bytes | str | None) -> int:
+    """The priority in a job hash's plain ``priority`` field; the default for a missing or bad one
+    (stock RQ pushes have none; a forged or corrupted field must not break a page).
+
+    Usage: ``stored_priority(b"0") == 0 and stored_priority(b"x") == 5``
+    """
+    try:
+        return validate_priority(int(as_text(raw))) if raw is not None else DEFAULT_PRIORITY
+    except (TypeError, ValueError):
+        return DEFAULT_PRIORITY
 
 
 def _one_queue(queue: Queue, limit: int) -> QueueStats:
@@ -83,14 +96,14 @@ def _one_queue(queue: Queue, limit: int) -> QueueStats:
     with connection.pipeline(transaction=False) as pipe:
         pipe.llen(queue.key)
         for job_id in job_ids:
-            pipe.hmget(queue.job_class.key_for(job_id), "priority", "enqueued_at")
+            pipe.hmget(queue.job_class.key_for(job_id), PRIORITY_KEY, "enqueued_at")
         depth, *fields = pipe.execute()
     stats = QueueStats(queue.name, depth, complete=depth <= limit,
                        started=StartedJobRegistry(queue.name, connection=connection).get_job_count(cleanup=False),
                        failed=FailedJobRegistry(queue.name, connection=connection).get_job_count(cleanup=False),
                        scheduled=ScheduledJobRegistry(queue.name, connection=connection).get_job_count(cleanup=False))
     for job_id, (priority, enqueued_at) in zip(job_ids, fields):
-        level = int(priority) if priority is not None else DEFAULT_PRIORITY  # stock RQ pushes count as 5
+        level = stored_priority(priority)
         stats.by_priority[level] = stats.by_priority.get(level, 0) + 1
         when = utcparse(as_text(enqueued_at)) if enqueued_at else None
         # the list is in run order, so the first id of a priority is usually its oldest; at_front
@@ -103,11 +116,13 @@ def _one_queue(queue: Queue, limit: int) -> QueueStats:
 
 @dataclass
 class WorkerInfo:
-    """A registered worker: ``kind`` is ``rqplus.Worker`` when it keeps rqplus' liveness marker."""
+    """A registered worker: ``kind`` is ``rqplus.Worker`` when it keeps rqplus' liveness marker.
+
+    Each runs one job at a time (RQ's one work-horse); a worker pool shows as several workers.
+    """
 
     name: str
     kind: str
-    concurrency: int
     state: str
     queues: list[str]
     current_job_id: str | None
@@ -126,8 +141,7 @@ def workers(connection: Redis) -> list[WorkerInfo]:
         is_rqplus = pipe.execute()
     return sorted((
         WorkerInfo(name=worker.name, kind="rqplus.Worker" if marked else "rq.Worker",
-                   # RQ workers run one job at a time (one work-horse); a worker pool shows as several
-                   concurrency=1, state=str(worker.get_state()), queues=worker.queue_names(),
+                   state=str(worker.get_state()), queues=worker.queue_names(),
                    current_job_id=worker.get_current_job_id(), last_heartbeat=worker.last_heartbeat)
         for worker, marked in zip(found, is_rqplus)), key=lambda w: w.name)
 
@@ -141,37 +155,54 @@ def scheduled_fires(connection: Redis, limit: int = SCHEDULE_LIMIT) -> list[tupl
     return list(scheduler.get_jobs(with_times=True, offset=0, length=limit))
 
 
-def sample_depths(connection: Redis, now: float | None = None) -> bool:
+def sample_depths(connection: Redis) -> float | None:
     """Record every queue's depth in the depth stream, at most once per :data:`DEPTH_INTERVAL`
-    seconds across all dashboard processes; True when a sample was taken.
+    seconds across all dashboard processes; returns the sample's time (Redis' clock, read from the
+    entry id Redis assigned), or None when no sample was taken.
+
+    The entry id is left to Redis (``XADD key * ...``, any Redis version): dashboards whose clocks
+    disagree cannot write out-of-order ids.
 
     Usage: ``sample_depths(redis)  # on each page view; cheap when throttled``
     """
     if not connection.set(DEPTH_LOCK_KEY, 1, nx=True, ex=DEPTH_INTERVAL):
-        return False
-    names = queue_names(connection)
-    if not names:
-        return False
+        return None
+    queues = all_queues(connection)
+    if not queues:
+        return None
     with connection.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.llen(Queue(name, connection=connection).key)
+        for queue in queues:
+            pipe.llen(queue.key)
         depths = pipe.execute()
-    millis = int((now if now is not None else time.time()) * 1000)
-    connection.xadd(DEPTH_KEY, dict(zip(names, depths)), id=f"{millis}-*",
-                    maxlen=DEPTH_WINDOW // DEPTH_INTERVAL * 2, approximate=True)
-    return True
+    entry_id = connection.xadd(DEPTH_KEY, {queue.name: depth for queue, depth in zip(queues, depths)},
+                               maxlen=DEPTH_WINDOW // DEPTH_INTERVAL * 2, approximate=True)
+    return _entry_time(entry_id)
+
+
+def redis_time(connection: Redis) -> float:
+    """Redis' clock as a unix time: the clock the depth samples are stamped with.
+
+    Usage: ``depth_history(redis, now=redis_time(redis))``
+    """
+    seconds, micros = connection.time()
+    return seconds + micros / 1_000_000
+
+
+def _entry_time(entry_id: bytes | str) -> float:
+    return int(as_text(entry_id).split("-")[0]) / 1000
 
 
 def depth_history(connection: Redis, window: int = DEPTH_WINDOW,
                   now: float | None = None) -> dict[str, list[tuple[float, int]]]:
-    """Depth samples of the last ``window`` seconds: queue name -> ``[(unix time, depth), ...]``.
+    """Depth samples of the last ``window`` seconds before ``now`` (default: Redis' clock, which
+    stamps them): queue name -> ``[(unix time, depth), ...]``.
 
     Usage: ``depth_history(redis)["emails"][-1]  # (1718000000.0, 12)``
     """
-    start = int(((now if now is not None else time.time()) - window) * 1000)
+    start = int(((now if now is not None else redis_time(connection)) - window) * 1000)
     series: dict[str, list[tuple[float, int]]] = {}
     for entry_id, fields in connection.xrange(DEPTH_KEY, min=start):
-        at = int(as_text(entry_id).split("-")[0]) / 1000
+        at = _entry_time(entry_id)
         for name, depth in fields.items():
             series.setdefault(as_text(name), []).append((at, int(depth)))
     return series

@@ -91,10 +91,18 @@ class RestrictedPickleSerializer:
 
     @staticmethod
     def dumps(obj: Any) -> bytes:
+        """``obj`` pickled at the highest protocol, as RQ's ``DefaultSerializer`` writes it.
+
+        Usage: ``RestrictedPickleSerializer.dumps({"a": 1})``
+        """
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
     @staticmethod
     def loads(data: bytes) -> Any:
+        """The plain data in a pickle; classes and functions it names become :class:`Withheld`.
+
+        Usage: ``RestrictedPickleSerializer.loads(job_hash[b"meta"])``
+        """
         return _RestrictedUnpickler(io.BytesIO(data)).load()
 
 
@@ -126,10 +134,18 @@ class SafeSerializer:
 
     @staticmethod
     def dumps(obj: Any) -> bytes:
+        """Always raises ``TypeError``: this serializer only reads.
+
+        Usage: save with ``serializer_for(job.data).dumps(value)`` instead
+        """
         raise TypeError("SafeSerializer only reads: save jobs with serializer_for(job.data)")
 
     @staticmethod
     def loads(data: bytes) -> Any:
+        """JSON or pickle ``data`` loaded safely (see :func:`serializer_for`).
+
+        Usage: ``SafeSerializer.loads(b'{"a": 1}') == {"a": 1}``
+        """
         return serializer_for(data).loads(data)
 
 
@@ -183,17 +199,27 @@ class Masker:
     def __init__(self, keys: Iterable[str] | None = None) -> None:
         self.keys = tuple(k.lower() for k in (mask_keys() if keys is None else keys))
         fragments = "|".join(map(re.escape, self.keys))
-        # a key (optionally quoted) containing a fragment, `=` or `:`, then one quoted or bare value
+        # a key (optionally quoted) containing a fragment, `=` or `:`, then one quoted or bare value;
+        # a bare value that is itself a sensitive key is left to its own match, so that in
+        # "CardError: card='4111 1111'" the quoted number is masked whole
+        key = rf"""['"]?[\w.-]*(?:{fragments})[\w.-]*['"]?"""
         self._pattern = re.compile(
-            rf"""(?ix) (['"]?[\w.-]*(?:{fragments})[\w.-]*['"]? \s* [=:] \s*)
-                 ( '(?:[^'\\]|\\.)*' | "(?:[^"\\]|\\.)*" | [^\s,;&)}}\]]+ )"""
+            rf"""(?ix) ({key} \s* [=:] \s*)
+                 ( '(?:[^'\\]|\\.)*' | "(?:[^"\\]|\\.)*" | (?!{key} \s* [=:]) [^\s,;&)}}\]]+ )"""
         ) if self.keys else None
 
     def sensitive(self, key: Any) -> bool:
+        """True when ``key`` is a string naming one of the sensitive fragments (case-insensitive).
+
+        Usage: ``Masker().sensitive("User_Password") is True``
+        """
         return isinstance(key, str) and any(fragment in key.lower() for fragment in self.keys)
 
     def data(self, value: Any) -> Any:
-        """``value`` with every sensitive dict entry's value replaced by ``***`` (and strings masked)."""
+        """``value`` with every sensitive dict entry's value replaced by ``***`` (and strings masked).
+
+        Usage: ``Masker().data({"card": "4111"}) == {"card": "***"}``
+        """
         if isinstance(value, dict):
             return {k: MASK if self.sensitive(k) else self.data(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -205,7 +231,10 @@ class Masker:
         return value
 
     def text(self, text: str | None) -> str | None:
-        """``text`` with the value after each sensitive ``key=`` / ``key:`` replaced by ``***``."""
+        """``text`` with the value after each sensitive ``key=`` / ``key:`` replaced by ``***``.
+
+        Usage: ``Masker().text("charge(card='4111')") == "charge(card='***')"``
+        """
         if not text or self._pattern is None:
             return text
         return self._pattern.sub(lambda m: m.group(1) + _quoted_mask(m.group(2)), text)
@@ -221,11 +250,14 @@ def shown(value: Any, masker: Masker) -> Any:
 
     Usage: ``shown(job.meta, Masker())``
     """
-    value = masker.data(value)
+    return _plain(masker.data(value), masker)  # masked once, here; below only reprs still need it
+
+
+def _plain(value: Any, masker: Masker) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, dict):
-        return {str(k): shown(v, masker) for k, v in value.items()}
+        return {str(k): _plain(v, masker) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [shown(item, masker) for item in value]
+        return [_plain(item, masker) for item in value]
     return masker.text(repr(value))

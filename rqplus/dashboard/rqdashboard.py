@@ -23,14 +23,16 @@ from typing import Any
 
 import rq_dashboard
 import rq_dashboard.web as rqd
-from flask import Flask, current_app, jsonify, make_response, render_template, request, url_for
+from flask import Flask, Response, current_app, jsonify, make_response, render_template, request, url_for
 from jinja2 import BaseLoader, ChoiceLoader, Environment, FileSystemLoader
 from rq import VERSION as RQ_VERSION
-from werkzeug.exceptions import MethodNotAllowed
+from rq.results import Result
+from rq.utils import as_text
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from rqplus.dashboard import actions
 from rqplus.dashboard.metrics import workers
-from rqplus.dashboard.payloads import SafeSerializer, shown
+from rqplus.dashboard.payloads import DashboardJob, SafeSerializer, shown
 from rqplus.dashboard.views import actor, dashboard
 
 RQ_DASHBOARD_TEMPLATES = Path(rq_dashboard.blueprint.root_path) / "templates"
@@ -61,6 +63,10 @@ class PatchedTemplates(BaseLoader):
         self.files = FileSystemLoader(str(root))
 
     def get_source(self, environment: Environment, template: str) -> tuple[str, str | None, Callable[[], bool]]:
+        """The template's source with its patches applied; ``RuntimeError`` if one no longer applies.
+
+        Usage: ``PatchedTemplates().get_source(app.jinja_env, "rq_dashboard/base.html")``
+        """
         source, filename, uptodate = self.files.get_source(environment, template)
         for target, pattern, replacement, why in TEMPLATE_PATCHES:
             if target == template or (target == "*" and template.startswith("rq_dashboard/")):
@@ -70,6 +76,10 @@ class PatchedTemplates(BaseLoader):
         return source, filename, uptodate
 
     def list_templates(self) -> list[str]:
+        """rq-dashboard's template names.
+
+        Usage: ``"rq_dashboard/job.html" in PatchedTemplates().list_templates()``
+        """
         return self.files.list_templates()
 
 
@@ -85,6 +95,12 @@ def mount(app: Flask, url: str, prefix: str) -> None:
     app.config["RQ_DASHBOARD_JSON_ENCODER"] = _ReprEncoder  # job_info's meta may hold non-JSON objects
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=prefix)
     rqd.setup_rq_connection(app)
+    # rq-dashboard's push_rq_connection builds a new Redis client (a new pool, new TCP connections)
+    # on every request naming an instance, i.e. every JSON poll, and swaps app.redis_conn under the
+    # other server threads. rqplus serves one Redis: the client made above is kept.
+    hooks = app.before_request_funcs.setdefault(rq_dashboard.blueprint.name, [])
+    hooks[:] = [_check_instance if hook is rqd.push_rq_connection else hook for hook in hooks]
+    assert _check_instance in hooks, "rq-dashboard's push_rq_connection hook moved"
     for endpoint, view in OVERRIDES.items():
         assert endpoint in app.view_functions, endpoint
         app.view_functions[endpoint] = view
@@ -93,6 +109,13 @@ def mount(app: Flask, url: str, prefix: str) -> None:
     app.jinja_loader = ChoiceLoader([app.jinja_loader, loader])
     for template in loader.list_templates():  # fail now, not on the first page view
         loader.get_source(app.jinja_env, template)
+
+
+def _check_instance() -> None:
+    """rq-dashboard's URLs name a Redis by index; rqplus serves one, index 0: others are 404."""
+    instance = (request.view_args or {}).get("instance_number")
+    if instance is not None and instance != 0:
+        raise NotFound(f"no Redis instance {instance}: this dashboard shows one, instance 0")
 
 
 class _ReprEncoder(json.JSONEncoder):
@@ -109,7 +132,11 @@ def _page_context(instance_number: int) -> dict[str, Any]:
                 enable_delete=not current_app.config.get("RQ_DASHBOARD_DISABLE_DELETE"))
 
 
-def _json(payload: dict[str, Any], status: int = 200):
+def _json(payload: dict[str, Any], status: int = 200) -> Response:
+    """``payload`` as a JSON response that browsers do not cache (as rq-dashboard answers).
+
+    Usage: ``return _json({"status": "OK"})``
+    """
     response = make_response(jsonify(payload), status)
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -117,37 +144,70 @@ def _json(payload: dict[str, Any], status: int = 200):
 
 # rq-dashboard: Job.fetch with the stock unpickler, HTTP 500 for an unknown id. Here: loaded
 # safely, 404 with a message.
-def job_view(instance_number: int, job_id: str):
+def job_view(instance_number: int, job_id: str) -> Response:
+    """The job page (its data comes from :func:`job_info`); 404 for an unknown job.
+
+    Usage: ``GET /rq/0/view/job/<job_id>``
+    """
     job = actions.fetch(dashboard().connection, job_id)
     response = make_response(render_template("rq_dashboard/job.html", id=job.id, **_page_context(instance_number)))
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
-# rq-dashboard: raw description, meta and result. Here: the same fields, secrets masked, objects
-# the dashboard does not load shown as <not loaded: ...>.
-def job_info(instance_number: int, job_id: str):
-    actions.fetch(dashboard().connection, job_id)  # 404 instead of rq-dashboard's 500
-    info = rqd.job_info.__wrapped__(instance_number, job_id)
-    masker = dashboard().masker
-    info["description"] = masker.text(info["description"])
-    info["result"] = shown(info["result"], masker)
-    info["metadata"] = json.dumps(shown(json.loads(info["metadata"]), masker))
+# rq-dashboard: raw description, meta, result and exception text, the job fetched by the stock
+# unpickler (HTTP 500 for an unknown id). Here: the same fields from one safe fetch, secrets
+# masked, objects the dashboard does not load shown as <not loaded: ...>; 404 for an unknown id.
+def job_info(instance_number: int, job_id: str) -> Response:
+    """One job's fields as rq-dashboard's job page reads them, masked.
+
+    Usage: ``GET /rq/0/data/job/<job_id>.json``
+    """
+    connection, masker = dashboard().connection, dashboard().masker
+    job = actions.fetch(connection, job_id)
+    latest = job.latest_result()
+    info: dict[str, Any] = {
+        "id": job.id, "created_at": rqd.serialize_date(job.created_at),
+        "enqueued_at": rqd.serialize_date(job.enqueued_at), "started_at": rqd.serialize_date(job.started_at),
+        "ended_at": rqd.serialize_date(job.ended_at), "origin": job.origin, "status": job.get_status(refresh=False),
+        "result": shown(latest.return_value if latest and latest.type == Result.Type.SUCCESSFUL else None, masker),
+        "exc_info": masker.text(latest.exc_string if latest else None),
+        "description": masker.text(rqd.format_job_description(job)),
+        "metadata": json.dumps(shown(job.meta, masker), cls=_ReprEncoder),
+    }
+    dependency_ids = [as_text(key).rsplit(":", 1)[-1] for key in job.dependency_ids]
+    if dependency_ids:
+        with connection.pipeline(transaction=False) as pipe:
+            for dependency_id in dependency_ids:
+                pipe.exists(DashboardJob.key_for(dependency_id))
+            present = pipe.execute()
+        info["depends_on"] = dependency_ids
+        info["depends_on_status"] = ["active" if found else "expired" for found in present]
     return _json(info)
 
 
-# rq-dashboard: descriptions as stored, secrets included. Here: masked.
-def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_page: str, order: str, page: str):
+# rq-dashboard: descriptions and exception texts as stored, secrets included. Here: masked.
+def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_page: str, order: str,
+              page: str) -> Response:
+    """A page of a queue's or registry's jobs, as rq-dashboard lists them, masked.
+
+    Usage: ``GET /rq/0/data/jobs/<queue>/<registry>/<per_page>/<order>/<page>.json``
+    """
     listing = rqd.list_jobs.__wrapped__(instance_number, queue_name, registry_name, per_page, order, page)
     masker = dashboard().masker
     for job in listing["jobs"]:
         job["description"] = masker.text(job["description"])
+        job["exc_info"] = masker.text(job.get("exc_info"))
     return _json(listing)
 
 
 # rq-dashboard: loads each busy worker's job with the stock unpickler and unpickles its arguments
 # for the call string. Here: the job's stored description, masked.
-def list_workers(instance_number: int):
+def list_workers(instance_number: int) -> Response:
+    """Every worker with its state and current job, as rq-dashboard's workers page reads them.
+
+    Usage: ``GET /rq/0/data/workers.json``
+    """
     connection, masker = dashboard().connection, dashboard().masker
     listed = []
     for worker in workers(connection):
@@ -167,14 +227,22 @@ def list_workers(instance_number: int):
 
 # rq-dashboard: requeue appends at the tail, HTTP 500 for an unknown or non-failed job. Here: at
 # the job's priority, 404 / 409 with a message, audited.
-def requeue_job_view(job_id: str):
+def requeue_job_view(job_id: str) -> Response:
+    """Requeue one failed job at its priority (POST).
+
+    Usage: ``POST /rq/job/<job_id>/requeue`` with the CSRF token
+    """
     actions.requeue(dashboard().connection, job_id, actor())
     return _json({"status": "OK"})
 
 
 # rq-dashboard: accepts GET, so a link or <img> could requeue everything. Here: POST only (the
 # CSRF and same-origin checks apply), at each job's priority, audited.
-def requeue_all(queue_name: str):
+def requeue_all(queue_name: str) -> Response:
+    """Requeue every failed job of a queue, each at its priority (POST only).
+
+    Usage: ``POST /rq/requeue/<queue>`` with the CSRF token
+    """
     if request.method != "POST":
         raise MethodNotAllowed(valid_methods=["POST"], description="requeue-all changes state: POST only")
     count = actions.requeue_all(dashboard().connection, queue_name, actor())
@@ -182,7 +250,11 @@ def requeue_all(queue_name: str):
 
 
 # rq-dashboard: Job.fetch with the stock unpickler, ERROR without a message. Here: safe, 404, audited.
-def delete_job_view(job_id: str):
+def delete_job_view(job_id: str) -> Response:
+    """Delete one job (POST); DISABLED when ``RQ_DASHBOARD_DISABLE_DELETE`` is set.
+
+    Usage: ``POST /rq/job/<job_id>/delete`` with the CSRF token
+    """
     if current_app.config.get("RQ_DASHBOARD_DISABLE_DELETE"):
         return _json({"status": "DISABLED"})
     actions.delete(dashboard().connection, job_id, actor())
@@ -191,7 +263,11 @@ def delete_job_view(job_id: str):
 
 # rq-dashboard: deletes each job through the stock unpickler. Here: safe, audited, 404 for an
 # unknown registry.
-def empty_queue(queue_name: str, registry_name: str):
+def empty_queue(queue_name: str, registry_name: str) -> Response:
+    """Delete every job of a queue or of one of its registries (POST).
+
+    Usage: ``POST /rq/queue/<queue>/failed/empty`` with the CSRF token
+    """
     if current_app.config.get("RQ_DASHBOARD_DISABLE_DELETE"):
         return _json({"status": "DISABLED"})
     count = actions.empty(dashboard().connection, queue_name, registry_name, actor())
@@ -199,7 +275,11 @@ def empty_queue(queue_name: str, registry_name: str):
 
 
 # rq-dashboard: unaudited. Here: the same compaction, audited.
-def compact_queue(queue_name: str):
+def compact_queue(queue_name: str) -> Response:
+    """Drop ids of vanished jobs from a queue (POST).
+
+    Usage: ``POST /rq/queue/<queue>/compact`` with the CSRF token
+    """
     actions.compact(dashboard().connection, queue_name, actor())
     return _json({"status": "OK"})
 

@@ -4,7 +4,8 @@ page may run.
 * **Closed by default**: every route but the login page needs a user, from the login session or
   from HTTP Basic auth (for scripts). Credentials come from ``RQPLUS_DASHBOARD_USERNAME`` /
   ``RQPLUS_DASHBOARD_PASSWORD`` and are compared in constant time. HTML page views without a
-  user are redirected to the login page; everything else answers 401.
+  user are redirected to the login page; everything else answers 401. After 10 failed sign-ins
+  (form or Basic auth) from one client address within 5 minutes, that address gets 429.
 * **Cross-site safe**: every request that is not GET/HEAD/OPTIONS must carry the session's CSRF
   token (header ``X-CSRFToken``, which rq-dashboard's JavaScript sends from the ``_csrf_token``
   cookie, or form field ``_csrf_token``) and, when the browser names one, an Origin (else
@@ -37,6 +38,12 @@ CSRF_COOKIE = "_csrf_token"
 CSRF_HEADER = "X-CSRFToken"
 CSRF_FIELD = "_csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Failed sign-ins (form or Basic auth) per client address, counted in Redis under this key prefix;
+#: at :data:`LOGIN_FAILURES_LIMIT` within :data:`LOGIN_FAILURES_WINDOW` seconds of the last one,
+#: that address gets 429 until the window passes.
+LOGIN_FAILURES_KEY = "rqplus:dashboard:login-failures"
+LOGIN_FAILURES_LIMIT = 10
+LOGIN_FAILURES_WINDOW = 300
 #: The user recorded in the audit log when authentication is off.
 ANONYMOUS = "anonymous (--no-auth)"
 
@@ -118,9 +125,15 @@ def _guard() -> Response | None:
         g.user = ANONYMOUS
     elif "user" in session:
         g.user = session["user"]
-    elif request.authorization and request.authorization.type == "basic" and credentials.match(
-            request.authorization.username, request.authorization.password):
-        g.user = credentials.username
+    elif request.authorization and request.authorization.type == "basic":
+        refused = _throttled()
+        if refused is not None:
+            return refused
+        if credentials.match(request.authorization.username, request.authorization.password):
+            g.user = credentials.username
+        else:
+            _count_failure()
+            return _unauthenticated()
     elif request.endpoint not in ("auth.login",):
         return _unauthenticated()
     if request.method not in SAFE_METHODS:
@@ -130,7 +143,10 @@ def _guard() -> Response | None:
 
 
 def app_credentials() -> Credentials | None:
-    """The credentials this app was created with; None when authentication is off."""
+    """The credentials this app was created with; None when authentication is off.
+
+    Usage: ``if app_credentials() is None: ...  # --no-auth``
+    """
     return current_app.extensions["rqplus.credentials"]
 
 
@@ -141,6 +157,30 @@ def _unauthenticated() -> Response:
         return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
     return Response("authentication required\n", 401, {"WWW-Authenticate": 'Basic realm="rqplus dashboard"'},
                     mimetype="text/plain")
+
+
+def _failures_key() -> str:
+    return f"{LOGIN_FAILURES_KEY}:{request.remote_addr or '?'}"
+
+
+def _throttled() -> Response | None:
+    """A 429 answer when this client address has failed to sign in too often lately, else None."""
+    connection = current_app.extensions["rqplus.dashboard"].connection
+    failures = connection.get(_failures_key())
+    if failures is None or int(failures) < LOGIN_FAILURES_LIMIT:
+        return None
+    wait = max(connection.ttl(_failures_key()), 1)
+    return Response(f"too many failed sign-ins from {request.remote_addr}: try again in {wait} s\n", 429,
+                    {"Retry-After": str(wait)}, mimetype="text/plain")
+
+
+def _count_failure() -> None:
+    # INCR + EXPIRE in one transaction: the window restarts at each failure, so a client that keeps
+    # guessing stays refused; plain commands, as Redis 6.2 has them
+    with current_app.extensions["rqplus.dashboard"].connection.pipeline() as pipe:
+        pipe.incr(_failures_key())
+        pipe.expire(_failures_key(), LOGIN_FAILURES_WINDOW)
+        pipe.execute()
 
 
 def _check_same_origin() -> None:
@@ -179,31 +219,44 @@ def _secure_response(response: Response) -> Response:
 
 @auth.route("/login", methods=["GET", "POST"])
 def login() -> Response | str:
-    """The login form; on success a fresh session (new CSRF token) and a redirect to ``next``."""
+    """The login form; on success a fresh session (new CSRF token) and a redirect to ``next``;
+    429 after too many failures from the client's address.
+
+    Usage: ``GET /login?next=/failed``, then ``POST /login`` with username, password, _csrf_token
+    """
     credentials = app_credentials()
     target = _local_path(request.values.get("next"))
     if credentials is None or getattr(g, "user", None) is not None:
         return redirect(target)
     error = None
     if request.method == "POST":
+        refused = _throttled()
+        if refused is not None:
+            return refused
         if credentials.match(request.form.get("username"), request.form.get("password")):
             session.clear()  # no session fixation: the pre-login session and its token are dropped
             session["user"] = credentials.username
             return redirect(target)
+        _count_failure()
         error = "Wrong user name or password."
     return render_template("rqplus/login.html", error=error, next=target), 401 if error else 200
 
 
 @auth.route("/logout", methods=["POST"])
 def logout() -> Response:
-    """End the session (POST with the CSRF token, like every action)."""
+    """End the session (POST with the CSRF token, like every action).
+
+    Usage: ``POST /logout`` with the CSRF token
+    """
     session.clear()
     return redirect(url_for("auth.login"))
 
 
 def _local_path(target: str | None) -> str:
-    # only a path on this site: "//evil.example" or "https://..." would be an open redirect
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    # only a path on this site: "//evil.example" or "https://..." would be an open redirect, and so
+    # would "/\t/evil.example" (browsers drop tabs and newlines from URLs) or "/\\evil.example"
+    if (not target or not target.startswith("/") or target.startswith("//")
+            or any(char == "\\" or ord(char) <= 0x20 or ord(char) == 0x7F for char in target)):
         return url_for("rqplus.overview")
     return target
 

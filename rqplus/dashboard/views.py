@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import (Blueprint, Response, current_app, flash, g, redirect, render_template, request, url_for)
+from flask import Blueprint, Response, current_app, flash, g, redirect, render_template, request, url_for
 from redis import Redis
 from redis.exceptions import RedisError
 
@@ -53,7 +53,10 @@ def dashboard() -> Dashboard:
 
 
 def actor() -> actions.Actor:
-    """The user of this request and their address, for the audit log."""
+    """The user of this request and their address, for the audit log.
+
+    Usage: ``actions.delete(redis, job_id, actor())``
+    """
     return actions.Actor(current_user(), request.remote_addr)
 
 
@@ -65,7 +68,10 @@ def _template_helpers() -> dict[str, Any]:
 
 @blueprint.app_template_filter("age")
 def age(seconds: float) -> str:
-    """A duration for people: ``"42 s"``, ``"7 min"``, ``"3 h"``, ``"2 d"``."""
+    """A duration for people: ``"42 s"``, ``"7 min"``, ``"3 h"``, ``"2 d"``.
+
+    Usage (in a template): ``{{ (now - when.timestamp())|age }}``
+    """
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
             return f"{int(seconds // size)} {unit}"
@@ -74,7 +80,10 @@ def age(seconds: float) -> str:
 
 @blueprint.app_template_filter("clock")
 def clock(timestamp: float) -> str:
-    """A unix time as ``2025-01-31 14:05:09 UTC``."""
+    """A unix time as ``2025-01-31 14:05:09 UTC``.
+
+    Usage (in a template): ``{{ when.timestamp()|clock }}``
+    """
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
 
 
@@ -95,41 +104,52 @@ def durability_report() -> DurabilityReport | None:
 @blueprint.route("/")
 def overview() -> str:
     """Queues by priority with the oldest waiting job of each, durability, the depth chart,
-    upcoming rq-scheduler fires, workers and the latest audit entries."""
+    upcoming rq-scheduler fires, workers and the latest audit entries.
+
+    Usage: ``GET /``
+    """
     board = dashboard()
     connection, now = board.connection, time.time()
-    metrics.sample_depths(connection, now)
+    # the depth samples carry Redis' clock: the chart's hour is measured on it too
+    sampled = metrics.sample_depths(connection)
+    chart_now = sampled if sampled is not None else metrics.redis_time(connection)
     fires = [(job, when, board.masker.text(job.description), job.meta.get("cron_string") or job.meta.get("interval"))
              for job, when in metrics.scheduled_fires(connection)]
     return render_template(
         "rqplus/overview.html", stats=metrics.queue_stats(connection), fires=fires, workers=metrics.workers(connection),
-        chart=line_chart(metrics.depth_history(connection, now=now), now - metrics.DEPTH_WINDOW, now),
+        chart=line_chart(metrics.depth_history(connection, now=chart_now), chart_now - metrics.DEPTH_WINDOW, chart_now),
         entries=audit.entries(connection, AUDIT_RECENT), refresh=OVERVIEW_REFRESH, now=now)
 
 
 @blueprint.route("/failed")
 def failed() -> str:
-    """Failed jobs filtered by queue, function and exception type, with how many a bulk requeue takes."""
+    """Failed jobs filtered by queue, function and exception type, with how many a bulk requeue takes.
+
+    Usage: ``GET /failed?queue=emails&exception=TimeoutError``
+    """
     connection = dashboard().connection
     chosen = _filters(request.args)
     everything = actions.failed_jobs(connection)
-    matching = [job for job in everything if _matches(job, chosen)]
+    matching = [job for job in everything if job.matches(**chosen)]
     options = {key: sorted({getattr(job, key) for job in everything}) for key in ("queue", "function", "exception")}
     return render_template("rqplus/failed.html", chosen=chosen, options=options, matching=matching[:FAILED_SHOWN],
-                           count=len(matching))
+                           count=len(matching), selection=actions.selection_digest(matching))
 
 
 @blueprint.route("/failed/requeue", methods=["POST"])
 def requeue_failed() -> Response:
     """Requeue the failed jobs matching the filters, each at its priority, if the selection is
-    still the one the user confirmed (same count); 409 when it changed meanwhile."""
+    still the one the user confirmed (the same job ids, by digest); 409 when it changed meanwhile.
+
+    Usage: ``POST /failed/requeue`` with the filters, ``selection`` and the CSRF token (the page's form)
+    """
     connection = dashboard().connection
     chosen = _filters(request.form)
     matching = actions.failed_jobs(connection, **chosen)
-    expected = request.form.get("expected", type=int)
-    if expected != len(matching):
-        raise actions.ActionError(409, f"the selection changed: {len(matching)} failed jobs match now, "
-                                       f"{expected} were shown. Review it and confirm again.")
+    if request.form.get("selection") != actions.selection_digest(matching):
+        shown = request.form.get("expected", "?")
+        raise actions.ActionError(409, f"the selection changed: {len(matching)} failed jobs match now, not the "
+                                       f"{shown} shown. Review it and confirm again.")
     what = "failed jobs " + (", ".join(f"{key}={value}" for key, value in chosen.items() if value) or "(all)")
     count = actions.requeue_matching(connection, matching, actor(), what)
     flash(f"Requeued {count} of {len(matching)} failed jobs, each at its priority.")
@@ -138,13 +158,19 @@ def requeue_failed() -> Response:
 
 @blueprint.route("/audit")
 def audit_log() -> str:
-    """Who did what, newest first."""
+    """Who did what, newest first.
+
+    Usage: ``GET /audit``
+    """
     return render_template("rqplus/audit.html", entries=audit.entries(dashboard().connection, AUDIT_PAGE))
 
 
 @blueprint.route("/metrics")
 def prometheus() -> Response:
-    """Queue depth per queue and priority, failed and started jobs, workers, durability: Prometheus text."""
+    """Queue depth per queue and priority, failed and started jobs, workers, durability: Prometheus text.
+
+    Usage: ``curl -u admin:... http://127.0.0.1:9181/metrics``
+    """
     connection = dashboard().connection
     metrics.sample_depths(connection)
     return Response(metrics.prometheus(connection, durability_report()),
@@ -153,7 +179,3 @@ def prometheus() -> Response:
 
 def _filters(values: Any) -> dict[str, str | None]:
     return {key: values.get(key) or None for key in ("queue", "function", "exception")}
-
-
-def _matches(job: actions.FailedJob, chosen: dict[str, str | None]) -> bool:
-    return all(value is None or getattr(job, key) == value for key, value in chosen.items())
