@@ -3,8 +3,9 @@
 RQ marks a job whose worker was SIGKILLed as failed (``AbandonedJobError``) about 90 s to 11 min
 later, and never runs it again unless it carries a ``Retry``. rqplus re-runs it instead:
 
-* every rqplus worker keeps two keys: ``rqplus:worker:<name>`` (it is an rqplus worker, 1 day)
-  and ``rqplus:worker:<name>:alive`` (refreshed by every heartbeat; expires ``liveness_ttl``
+* every rqplus worker keeps two keys: ``rqplus:worker:<name>`` (it is an rqplus worker, 1 day;
+  the value names its class and concurrency, see :func:`worker_identity`) and
+  ``rqplus:worker:<name>:alive`` (refreshed by every heartbeat; expires ``liveness_ttl``
   seconds after the last one);
 * every ``rescue_interval`` seconds each live rqplus worker looks, in one Lua call, for started
   jobs whose rqplus worker stopped heartbeating, and for ids stuck in an intermediate list;
@@ -20,6 +21,7 @@ Usage (what ``rqplus.Worker`` does on its own)::
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -56,9 +58,30 @@ def alive_key(worker_name: str) -> str:
     return f"{WORKER_KEY_PREFIX}{worker_name}:alive"
 
 
-def mark_alive(connection: Redis | Pipeline, worker_name: str, liveness_ttl: int) -> None:
-    """Record that ``worker_name`` (an rqplus worker) is alive for ``liveness_ttl`` more seconds."""
-    connection.set(marker_key(worker_name), 1, ex=MARKER_TTL)
+def worker_identity(worker_class: type, concurrency: int) -> str:
+    """The marker's value: what kind of rqplus worker this is, for the dashboard.
+
+    Usage: ``worker_identity(type(worker), worker.concurrency)`` → ``'{"class": "rqplus.worker.Worker", ...}'``
+    """
+    return json.dumps({"class": f"{worker_class.__module__}.{worker_class.__qualname__}", "concurrency": concurrency})
+
+
+def read_identity(value: bytes | str | None) -> tuple[str, int] | None:
+    """``(class path, concurrency)`` from a marker's value; None when absent or unreadable.
+
+    Usage: ``read_identity(redis.get(marker_key(name)))``
+    """
+    try:
+        found = json.loads(value) if value else None
+        return (str(found["class"]), int(found["concurrency"])) if found else None
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def mark_alive(connection: Redis | Pipeline, worker_name: str, liveness_ttl: int, identity: str) -> None:
+    """Record that ``worker_name`` (an rqplus worker, see :func:`worker_identity`) is alive for
+    ``liveness_ttl`` more seconds."""
+    connection.set(marker_key(worker_name), identity, ex=MARKER_TTL)
     connection.set(alive_key(worker_name), 1, ex=liveness_ttl)
 
 

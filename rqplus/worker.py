@@ -24,7 +24,7 @@ from rqplus.allowlist import refusal
 from rqplus.durability import check
 from rqplus.exceptions import DurabilityError
 from rqplus.queue import Queue
-from rqplus.recovery import hand_back, mark_alive, mark_stopped, rescue_abandoned
+from rqplus.recovery import hand_back, mark_alive, mark_stopped, rescue_abandoned, worker_identity
 from rqplus.retry import stop_retries
 from rqplus.scheduler import PriorityScheduler
 
@@ -52,6 +52,7 @@ class Worker(RQWorker):
     durable: bool | None = None  # last durability verdict; None until checked (or policy off)
     max_rescues = 3
     rescue_interval = 5  # seconds
+    concurrency = 1  # jobs run at once: RQ's one work-horse (shown on the dashboard)
     _last_rescue = 0.0
 
     def __init__(self, *args: Any, max_rescues: int | None = None, rescue_interval: int | None = None,
@@ -62,6 +63,7 @@ class Worker(RQWorker):
                                 if rescue_interval is None else rescue_interval)
         if self.max_rescues < 0 or self.rescue_interval < 1:
             raise ValueError("max_rescues must be >= 0 and rescue_interval >= 1 second")
+        self.identity = worker_identity(type(self), self.concurrency)
         super().__init__(*args, **kwargs)
 
     @property
@@ -86,11 +88,11 @@ class Worker(RQWorker):
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
         if pipeline is not None:  # part of job bookkeeping, executed by the caller
             super().heartbeat(timeout, pipeline)
-            mark_alive(pipeline, self.name, self.liveness_ttl)
+            mark_alive(pipeline, self.name, self.liveness_ttl, self.identity)
             return
         with self.connection.pipeline(transaction=False) as own:
             super().heartbeat(timeout, own)
-            mark_alive(own, self.name, self.liveness_ttl)
+            mark_alive(own, self.name, self.liveness_ttl, self.identity)
             own.execute()
         self.rescue_if_due()
 

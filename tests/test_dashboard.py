@@ -31,6 +31,7 @@ from rqplus.cli import main
 from rqplus.dashboard import Credentials, DashboardConfigError, audit, create_app, metrics, security
 from rqplus.dashboard.payloads import DashboardJob, Masker, SafeSerializer, Withheld, shown, withheld_in
 from rqplus.embedded import RedisServer
+from tests.conftest import wait_for
 
 USER, PASSWORD = "admin", "correct horse battery staple"
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
@@ -420,6 +421,19 @@ def test_overview_shows_priorities_durability_schedule_and_workers(client: Flask
     page = client.get("/").data.decode()
     assert "tests.jobs.record(&#39;later&#39;, password=&#39;***&#39;)" in page
     assert '<td class="">2</td>' in page                                 # two jobs at P0
+
+
+def test_workers_are_listed_with_their_class_and_concurrency(client: FlaskClient, redis: Redis,
+                                                            redis_server: RedisServer, processes) -> None:
+    processes.rq_worker(redis_server.url, "emails", burst=False)
+    processes.rq_worker(redis_server.url, "q", worker_class="rq.SimpleWorker", queue_class=None, burst=False)
+    wait_for(lambda: len(metrics.workers(redis)) == 2)
+    page = client.get("/").data.decode()
+    rows = {cells[4]: cells[1:4] for cells in (re.findall(r"<td[^>]*>(.*?)</td>", row)
+                                               for row in re.findall(r"<tr>(.*?)</tr>", page.split('id="workers"')[1]))
+            if len(cells) == 5}
+    assert rows == {"emails": ["rqplus.worker.Worker", "1", "idle"], "q": ["stock RQ worker", "1", "idle"]}
+    assert 'rqplus_workers{class="rqplus.worker.Worker",state="idle"} 1' in client.get("/metrics").data.decode()
 
 
 def test_metrics_in_prometheus_format(client: FlaskClient, redis: Redis) -> None:

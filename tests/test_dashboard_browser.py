@@ -189,6 +189,8 @@ def test_main_pages_render_and_are_not_blank(page, redis: Redis, redis_server: R
     for index in range(14):
         (emails if index % 2 else queue).enqueue("tests.jobs.record", f"job {index}", priority=(0, 2, 5, 5, 9)[index % 5])
     Scheduler(connection=redis).cron("0 3 * * *", "tests.jobs.record", args=["nightly report"], queue_name="q")
+    processes.rq_worker(redis_server.url, "reports", burst=False)   # an idle worker in the workers table
+    wait_for(lambda: metrics.workers(redis))
     now = metrics.redis_time(redis)   # the sampler's entries carry Redis' clock
     for minute in range(60, 0, -2):  # an hour of depth samples, as the sampler records them every 10 s
         redis.delete(metrics.DEPTH_LOCK_KEY)

@@ -10,7 +10,8 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 import pytest
 
-from rqplus import Queue
+from rqplus import Queue, Worker
+from rqplus.recovery import read_identity, worker_identity
 from tests.conftest import commands_sent, wait_for
 from tests.jobs import ran
 
@@ -159,3 +160,14 @@ def test_sigkill_at_random_moments_loses_nothing(redis, redis_server, processes)
             rescued_twice += 1
             assert by_tag[tag] >= 1, f"{tag} ran {runs(redis, tag)} times without a rescue"
     print(f"{kills} kills, {len(tags)} jobs, {rescued_twice} ran more than once (all rescued)")
+
+
+def test_the_liveness_marker_names_the_workers_class_and_concurrency(redis) -> None:
+    class PoolWorker(Worker):
+        concurrency = 4
+
+    assert read_identity(worker_identity(PoolWorker, PoolWorker.concurrency)) == (
+        "tests.test_recovery.test_the_liveness_marker_names_the_workers_class_and_concurrency.<locals>.PoolWorker", 4)
+    assert read_identity(Worker(["q"], connection=redis).identity) == ("rqplus.worker.Worker", 1)
+    for unreadable in (None, b"", b"1", b"{}", b'{"class": "x", "concurrency": "many"}', b"\xff"):
+        assert read_identity(unreadable) is None

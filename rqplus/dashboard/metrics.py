@@ -29,7 +29,7 @@ from rqplus.defaults import DEFAULT_PRIORITY
 from rqplus.durability import DurabilityReport, cached_check
 from rqplus.priority import PRIORITY_KEY, validate_priority
 from rqplus.queue import Queue
-from rqplus.recovery import marker_key
+from rqplus.recovery import marker_key, read_identity
 from rqplus.worker import Worker
 
 #: Queued ids read per queue for the per-priority counts; longer queues show partial counts.
@@ -42,6 +42,8 @@ DEPTH_INTERVAL = 10
 DEPTH_WINDOW = 3600
 #: Upcoming rq-scheduler fires listed.
 SCHEDULE_LIMIT = 50
+#: What a worker without rqplus' marker is shown as: RQ records no worker class.
+STOCK_WORKER = "stock RQ worker"
 
 
 @dataclass
@@ -116,13 +118,14 @@ def _one_queue(queue: Queue, limit: int) -> QueueStats:
 
 @dataclass
 class WorkerInfo:
-    """A registered worker: ``kind`` is ``rqplus.Worker`` when it keeps rqplus' liveness marker.
-
-    Each runs one job at a time (RQ's one work-horse); a worker pool shows as several workers.
+    """A registered worker. rqplus workers record their class and concurrency beside their
+    liveness marker; stock RQ workers record neither (``kind`` "stock RQ worker"), and run one
+    job at a time (a worker pool shows as several workers).
     """
 
     name: str
     kind: str
+    concurrency: int
     state: str
     queues: list[str]
     current_job_id: str | None
@@ -132,18 +135,18 @@ class WorkerInfo:
 def workers(connection: Redis) -> list[WorkerInfo]:
     """Every registered worker, sorted by name.
 
-    Usage: ``[w.kind for w in workers(redis)]``
+    Usage: ``[(w.kind, w.concurrency) for w in workers(redis)]``
     """
     found = Worker.all(connection=connection, job_class=DashboardJob, serializer=SafeSerializer)
     with connection.pipeline(transaction=False) as pipe:
         for worker in found:
-            pipe.exists(marker_key(worker.name))
-        is_rqplus = pipe.execute()
+            pipe.get(marker_key(worker.name))
+        identities = [read_identity(value) or (STOCK_WORKER, 1) for value in pipe.execute()]
     return sorted((
-        WorkerInfo(name=worker.name, kind="rqplus.Worker" if marked else "rq.Worker",
-                   state=str(worker.get_state()), queues=worker.queue_names(),
-                   current_job_id=worker.get_current_job_id(), last_heartbeat=worker.last_heartbeat)
-        for worker, marked in zip(found, is_rqplus)), key=lambda w: w.name)
+        WorkerInfo(name=worker.name, kind=kind, concurrency=concurrency, state=str(worker.get_state()),
+                   queues=worker.queue_names(), current_job_id=worker.get_current_job_id(),
+                   last_heartbeat=worker.last_heartbeat)
+        for worker, (kind, concurrency) in zip(found, identities)), key=lambda w: w.name)
 
 
 def scheduled_fires(connection: Redis, limit: int = SCHEDULE_LIMIT) -> list[tuple[DashboardJob, datetime]]:
