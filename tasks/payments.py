@@ -20,8 +20,8 @@ and a worker: ``rq worker -w rqplus.Worker --queue-class rqplus.Queue --with-sch
 
 from __future__ import annotations
 
+import hashlib
 import importlib
-import logging
 import os
 import re
 import time
@@ -42,8 +42,6 @@ from rqplus.retry import stop_retries
 from tasks.emails import enqueue_email, parse_address
 from tasks.gateways import Charge, Gateway, IdempotencyKeyReused, PaymentDeclined
 
-logger = logging.getLogger("tasks.payments")
-
 #: The queue payment jobs go to (a durable one: enqueue refuses a Redis that could lose them).
 QUEUE = "payments"
 #: ISO 4217 currencies with two minor units, the only ones accepted (amounts have at most 2 decimals).
@@ -56,9 +54,15 @@ CENT = Decimal("0.01")
 
 #: Bookkeeping: ``PAYMENTS_PREFIX + user_id`` is a hash idempotency key -> charge (JSON).
 PAYMENTS_PREFIX = "payments:user:"
+#: Approvals: ``APPROVED_PREFIX + idempotency key`` exists from the fraud rules' yes until the charge
+#: is booked (or ``APPROVAL_TTL`` seconds pass), so a re-run after a charge that was never booked
+#: goes to the gateway (which replays) without asking rules whose window or limits changed since.
+APPROVED_PREFIX = "payments:approved:"
+APPROVAL_TTL = 30 * 24 * 3600
 #: Receipts: a hash idempotency key -> the receipt's email job id, once enqueued.
 RECEIPTS_KEY = "payments:receipts"
-#: The receipt email job's id: this prefix and the payment's idempotency key.
+#: The receipt email job's id: this prefix and a digest of the payment's idempotency key (RQ job
+#: ids allow only letters, digits, '_' and '-'; keys may hold '.' and ':').
 RECEIPT_JOB_PREFIX = "receipt-"
 #: Velocity: ``VELOCITY_PREFIX + user:currency`` is a sorted set key -> time, ``... + ":cents"`` a hash key -> cents.
 VELOCITY_PREFIX = "payments:velocity:"
@@ -94,7 +98,7 @@ class PaymentValidationError(ValueError):
 
 
 class FraudRejected(Exception):
-    """A fraud rule refused the payment; nothing was charged. Final, never retried."""
+    """A fraud rule refused the payment before any charge was attempted. Final, never retried."""
 
 
 #: Failures that re-running cannot change: the job fails at once, whatever its Retry says.
@@ -325,6 +329,14 @@ def recorded_payments(connection: Redis, user_id: str) -> dict[str, Charge]:
             for key, value in connection.hgetall(PAYMENTS_PREFIX + user_id).items()}
 
 
+def receipt_job_id(idempotency_key: str) -> str:
+    """The receipt email job's id for a payment: the same on every run of that payment.
+
+    Usage: ``receipt_job_id("order:42")  # -> "receipt-<32 hex digits>"``
+    """
+    return RECEIPT_JOB_PREFIX + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+
+
 def send_receipt(connection: Redis, charge: Charge, recipient: str) -> str:
     """Enqueue the receipt email of ``charge`` once; returns the email job's id (the same on every re-run).
 
@@ -334,7 +346,7 @@ def send_receipt(connection: Redis, charge: Charge, recipient: str) -> str:
     it, so a late requeue does not send it again either. (Left open: a first run killed between the
     two, re-run only after the email's result expired, sends a second receipt.)
 
-    Usage: ``send_receipt(redis, charge, "ada@example.com")  # -> "receipt-<idempotency key>"``
+    Usage: ``send_receipt(redis, charge, "ada@example.com")  # -> receipt_job_id(charge.idempotency_key)``
     """
     key = charge.idempotency_key
     sent = connection.hget(RECEIPTS_KEY, key)
@@ -343,7 +355,7 @@ def send_receipt(connection: Redis, charge: Charge, recipient: str) -> str:
     email = enqueue_email(recipient, f"Payment of {charge.amount} {charge.currency} received",
                           f"We received your payment of {charge.amount} {charge.currency}.\n"
                           f"Reference: {charge.charge_id}", connection=connection,
-                          job_id=RECEIPT_JOB_PREFIX + key)
+                          job_id=receipt_job_id(key))
     connection.hset(RECEIPTS_KEY, key, email.id)
     return email.id
 
@@ -367,19 +379,27 @@ def process_payment(user_id: str, amount: str | Decimal | float, currency: str =
     try:
         payment = validate_payment(user_id, amount, currency, idempotency_key or f"job:{job.id}", settings,
                                    notify_email)
-        booked = connection.hget(PAYMENTS_PREFIX + payment.user_id, payment.idempotency_key)
+        with connection.pipeline(transaction=False) as pipe:
+            pipe.hget(PAYMENTS_PREFIX + payment.user_id, payment.idempotency_key)
+            pipe.exists(APPROVED_PREFIX + payment.idempotency_key)
+            booked, approved = pipe.execute()
         if booked:
             # a re-run of a payment already charged and booked: neither today's fraud limits nor the
             # gateway's replay window (often a day) may decide it again
             charge = Charge.from_json(booked).require_same_request(payment.user_id, payment.amount, payment.currency)
         else:
-            check_fraud(payment, connection, settings)
+            if not approved:  # approved before: the gateway may have charged already; it decides
+                check_fraud(payment, connection, settings)
+                connection.set(APPROVED_PREFIX + payment.idempotency_key, 1, ex=APPROVAL_TTL)
             charge = load_gateway(connection, settings).charge(payment.idempotency_key, payment.user_id,
                                                                payment.amount, payment.currency)
     except FINAL_FAILURES:
         stop_retries(job)  # the same input would fail the same way
         raise
-    connection.hset(PAYMENTS_PREFIX + payment.user_id, payment.idempotency_key, charge.to_json())
+    with connection.pipeline() as pipe:  # booked and no longer pending approval, at once
+        pipe.hset(PAYMENTS_PREFIX + payment.user_id, payment.idempotency_key, charge.to_json())
+        pipe.delete(APPROVED_PREFIX + payment.idempotency_key)
+        pipe.execute()
     job.meta["charge_id"] = charge.charge_id
     job.save_meta()
     email_job_id = send_receipt(connection, charge, payment.notify_email) if payment.notify_email else None

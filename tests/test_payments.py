@@ -25,9 +25,9 @@ from rqplus.embedded import DURABLE_CONFIG
 from rqplus.exceptions import DurabilityError
 from tasks.gateways import (DECLINED, SUCCEEDED, Charge, GatewayError, IdempotencyKeyReused, PaymentDeclined,
                             SandboxGateway)
-from tasks.payments import (QUEUE, FraudRejected, Payment, PaymentValidationError, Settings, amount_limit,
-                            enqueue_payment, load_gateway, parse_amount, recorded_payments, velocity_keys,
-                            velocity_limit)
+from tasks.payments import (APPROVED_PREFIX, QUEUE, FraudRejected, Payment, PaymentValidationError, Settings,
+                            amount_limit, enqueue_payment, load_gateway, parse_amount, receipt_job_id,
+                            recorded_payments, velocity_keys, velocity_limit)
 from tests.conftest import wait_for
 
 #: Test gateways count each charge call here (a hash idempotency key -> calls).
@@ -355,6 +355,40 @@ def test_a_rerun_of_a_booked_payment_asks_neither_fraud_rules_nor_the_gateway_ag
     assert job.return_value()["charge_id"] == first
     assert attempts(redis) == {job.kwargs["idempotency_key"]: 1}, "the gateway was not called again"
     assert len(succeeded(redis)) == 1
+
+
+def test_a_rerun_of_a_charge_never_booked_asks_the_gateway_not_the_fraud_rules(durable, processes):
+    """Killed between charge and booking, run again after the limits were lowered: the approval given
+    before the charge stands, the gateway replays the charge, the job finishes and books it."""
+    redis, url = durable
+    job = enqueue_payment("user_123", "49.99", notify_email="ada@example.com", connection=redis)
+    key = job.kwargs["idempotency_key"]
+    processes.rq_worker(url, QUEUE, env={"PAYMENTS_GATEWAY": "tests.test_payments.CrashingGateway"}).wait(30)
+    assert len(succeeded(redis)) == 1 and recorded_payments(redis, "user_123") == {}
+    Queue(QUEUE, connection=redis).enqueue_job(job)  # the same job again, as a rescue or requeue runs it
+    strict = {"PAYMENTS_GATEWAY": "tests.test_payments.CountingGateway", "PAYMENTS_FRAUD_MAX_AMOUNT": "1"}
+    processes.finish(processes.rq_worker(url, QUEUE, env=strict))
+    assert job.get_status(refresh=True) == "finished", describe(redis, job)
+    [charge] = succeeded(redis)
+    assert recorded_payments(redis, "user_123") == {key: charge}
+    assert attempts(redis) == {key: 2}
+    assert redis.keys(APPROVED_PREFIX + "*") == [], "the approval ends with the booking"
+    [email] = email_jobs(redis)
+    assert email.id == receipt_job_id(key)
+
+
+def test_receipts_for_keys_with_dots_and_colons_and_for_direct_enqueues(durable, processes):
+    """RQ job ids allow no '.' or ':'; the receipt's id is a digest of the key, so any valid key works."""
+    redis, url = durable
+    keyed = enqueue_payment("user_1", "5.00", idempotency_key="shop.order:42", notify_email="a@example.com",
+                            connection=redis)
+    direct = Queue(QUEUE, connection=redis).enqueue("tasks.payments.process_payment", "user_2", "6.00",
+                                                    notify_email="b@example.com")  # its key: job:<id>
+    processes.finish(processes.rq_worker(url, QUEUE))
+    for job, key in ((keyed, "shop.order:42"), (direct, f"job:{direct.id}")):
+        assert job.get_status(refresh=True) == "finished", describe(redis, job)
+        assert job.return_value()["email_job_id"] == receipt_job_id(key)
+    assert sorted(email.args[0] for email in email_jobs(redis)) == ["a@example.com", "b@example.com"]
 
 
 def test_random_sigkills_never_charge_twice(durable, processes):
