@@ -9,7 +9,8 @@ charges payments in the sandbox gateway (each with a receipt email) and logs eve
 Usage::
 
     with MailSink(Path(".rqplus/mail")) as sink:      # workers get sink.environment()
-        progress = Progress(Queue(QUEUE, connection=redis), sys.stdout, UseCases(redis, sink))
+        use_cases = UseCases(redis, sink, events_path=".rqplus/events.jsonl")
+        progress = Progress(Queue(QUEUE, connection=redis), sys.stdout, use_cases)
         progress.start()          # enqueue a batch, or resume the one a stopped run left behind
         while not progress.refresh():
             time.sleep(0.5)

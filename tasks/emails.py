@@ -9,7 +9,8 @@ the job is FAILED with the last reason: never dropped silently.
 
 :func:`enqueue_email` validates first (nothing is written for bad input), then enqueues on the
 ``emails`` queue at priority 3 with a jittered exponential ``Retry`` (:func:`retry_policy`).
-Configuration is read from the environment at call time (:class:`SmtpSettings`, ``ENVIRONMENT``).
+Configuration is read from the environment at call time (:class:`SmtpSettings`,
+:class:`RetrySettings`, through :mod:`tasks.settings`).
 
 Usage::
 
@@ -21,13 +22,11 @@ and a worker: ``rq worker -w rqplus.Worker --queue-class rqplus.Queue --with-sch
 
 from __future__ import annotations
 
-import math
-import os
 import random
 import re
 import smtplib
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -41,29 +40,19 @@ from rq.job import Job
 from rqplus import Queue
 from rqplus.connections import shared
 from rqplus.retry import stop_retries
+from tasks.settings import Variables, flag, from_env, number, tcp_port, text, whole
 
 #: The queue :func:`enqueue_email` uses by default.
 QUEUE = "emails"
 #: Transactional mail goes ahead of default-priority (5) work, behind the most urgent (0-2).
 DEFAULT_EMAIL_PRIORITY = 3
 
-#: Every environment variable read here, with its default.
-ENVIRONMENT: dict[str, str] = {
-    "SMTP_HOST": "localhost",
-    "SMTP_PORT": "25",
-    "SMTP_USERNAME": "",  # set both to log in (after STARTTLS when that is on)
-    "SMTP_PASSWORD": "",
-    "SMTP_STARTTLS": "false",  # true: STARTTLS with certificate checks, or fail (never falls back to plain text)
-    "SMTP_FROM": "noreply@localhost.localdomain",
-    "SMTP_TIMEOUT": "10",  # seconds per connect / command; a timeout is a transient failure
-    "EMAIL_RETRY_MAX": "5",  # retries after the first attempt; 0 disables them
-    "EMAIL_RETRY_BASE": "10",  # seconds before the first retry, doubled per retry, +-20 % jitter
-}
 #: Backoff factor between retries, and the jitter applied to each interval (a fraction).
 RETRY_FACTOR = 2
 RETRY_JITTER = 0.2
+#: Hosts a password may be sent to without STARTTLS: it never leaves the machine.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
-_TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off", ""})
 _LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _NAME_AND_ADDRESS = re.compile(r"(?P<name>[^<>\"\r\n]*?)\s*<(?P<address>[^<>]*)>")
@@ -81,57 +70,49 @@ class PermanentEmailError(Exception):
     """The server refused for good (a 5xx reply, no STARTTLS when required): final, never retried."""
 
 
-def _env(name: str) -> str:
-    return os.environ.get(name, ENVIRONMENT[name]).strip()
-
-
-def _number(name: str, minimum: float) -> float:
-    raw = _env(name)
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value >= minimum):
-        raise ValueError(f"{name}={raw!r}: expected a number >= {minimum:g}")
-    return value
-
-
-def _flag(name: str) -> bool:
-    raw = _env(name).lower()
-    if raw not in _TRUE | _FALSE:
-        raise ValueError(f"{name}={raw!r}: expected true or false")
-    return raw in _TRUE
-
-
 @dataclass(frozen=True)
 class SmtpSettings:
-    """Where and how to send, from the ``SMTP_*`` environment variables (see ``ENVIRONMENT``).
+    """Where and how to send, from the ``SMTP_*`` environment variables (``SMTP_VARIABLES``).
 
-    Raises ``ValueError`` naming the variable for a value that cannot be used.
+    Raises ``ValueError`` naming the variable for a value that cannot be used, and when a
+    password would cross the network in clear text (a username without STARTTLS to a host
+    other than loopback).
 
     Usage: ``SmtpSettings.from_env().port  # -> 25``
     """
 
-    host: str
-    port: int
-    username: str
-    password: str
-    starttls: bool
-    sender: Address
-    timeout: float
+    host: str = "localhost"
+    port: int = 25
+    username: str = ""  # with a password: log in (after STARTTLS when that is on)
+    password: str = ""
+    starttls: bool = False  # True: STARTTLS with certificate checks, or fail (never falls back to clear text)
+    sender: Address = field(default_factory=lambda: Address(addr_spec="noreply@localhost.localdomain"))
+    timeout: float = 10  # seconds per connect / command; a timeout is a transient failure
 
     @classmethod
     def from_env(cls) -> SmtpSettings:
-        port = _number("SMTP_PORT", 1)
-        if not port.is_integer() or port > 65535:
-            raise ValueError(f"SMTP_PORT={_env('SMTP_PORT')!r}: expected a TCP port, 1-65535")
-        try:
-            sender = parse_address(_env("SMTP_FROM"))
-        except InvalidEmailError as error:
-            raise ValueError(f"SMTP_FROM: {error}") from None
-        return cls(host=_env("SMTP_HOST"), port=int(port), username=_env("SMTP_USERNAME"),
-                   password=os.environ.get("SMTP_PASSWORD", ""), starttls=_flag("SMTP_STARTTLS"),
-                   sender=sender, timeout=_number("SMTP_TIMEOUT", 0.001))
+        settings = from_env(cls, SMTP_VARIABLES)
+        if bool(settings.username) != bool(settings.password):
+            raise ValueError("SMTP_USERNAME and SMTP_PASSWORD: set both to log in, or neither")
+        if settings.username and not settings.starttls and settings.host.lower() not in LOOPBACK_HOSTS:
+            raise ValueError(f"SMTP_USERNAME is set but SMTP_STARTTLS is off: the password would reach "
+                             f"{settings.host} in clear text; set SMTP_STARTTLS=true")
+        return settings
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """How often and how soon a failed email is retried (``EMAIL_RETRY_*``, read by producers).
+
+    Usage: ``RetrySettings.from_env().max  # -> 5``
+    """
+
+    max: int = 5  # retries after the first attempt; 0 disables them
+    base: float = 10  # seconds before the first retry, doubled per retry, +-20 % jitter
+
+    @classmethod
+    def from_env(cls) -> RetrySettings:
+        return from_env(cls, RETRY_VARIABLES)
 
 
 def parse_address(value: str) -> Address:
@@ -169,11 +150,31 @@ def parse_address(value: str) -> Address:
     return Address(display_name=name.strip(), username=local, domain=domain)
 
 
+#: Each setting: its environment variable and how its text is read.
+SMTP_VARIABLES: Variables = {
+    "host": ("SMTP_HOST", text),
+    "port": ("SMTP_PORT", tcp_port),
+    "username": ("SMTP_USERNAME", text),
+    "password": ("SMTP_PASSWORD", str),
+    "starttls": ("SMTP_STARTTLS", flag),
+    "sender": ("SMTP_FROM", parse_address),
+    "timeout": ("SMTP_TIMEOUT", number(0.001)),
+}
+RETRY_VARIABLES: Variables = {
+    "max": ("EMAIL_RETRY_MAX", whole(0)),
+    "base": ("EMAIL_RETRY_BASE", number(0)),
+}
+
+
 def _checked(recipient: str, subject: str, body: str) -> Address:
     for name, value in (("subject", subject), ("body", body)):
         if not isinstance(value, str):
             raise TypeError(f"the email {name} must be a str, not {type(value).__name__}")
-    if "\r" in subject or "\n" in subject:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidEmailError(f"the email {name} is not valid Unicode text (a lone surrogate)") from None
+    if subject.splitlines() not in ([subject], []):  # any line break Python's email package knows
         raise InvalidEmailError(f"the subject {subject!r} contains a line break")
     return parse_address(recipient)
 
@@ -188,15 +189,12 @@ def retry_policy() -> Retry | None:
 
     Usage: ``retry_policy()  # -> Retry(max=5, interval=[9, 22, 38, 83, 157])`` (defaults)
     """
-    retries = _number("EMAIL_RETRY_MAX", 0)
-    if not retries.is_integer():
-        raise ValueError(f"EMAIL_RETRY_MAX={_env('EMAIL_RETRY_MAX')!r}: expected a whole number >= 0")
-    if not retries:
+    settings = RetrySettings.from_env()
+    if not settings.max:
         return None
-    base = _number("EMAIL_RETRY_BASE", 0)
-    intervals = [base * RETRY_FACTOR ** n * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
-                 for n in range(int(retries))]
-    return Retry(max=int(retries), interval=[max(1, round(s)) if base else 0 for s in intervals])
+    intervals = [settings.base * RETRY_FACTOR ** n * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
+                 for n in range(settings.max)]
+    return Retry(max=settings.max, interval=[max(1, round(s)) if settings.base else 0 for s in intervals])
 
 
 def enqueue_email(recipient: str, subject: str, body: str, *, priority: int | None = None,
@@ -246,7 +244,7 @@ def _deliver(message: EmailMessage, recipient: Address, settings: SmtpSettings) 
     try:
         if settings.starttls:
             smtp.starttls(context=ssl.create_default_context())
-        if settings.username:
+        if settings.username:  # with a password, over TLS or to loopback (SmtpSettings.from_env)
             smtp.login(settings.username, settings.password)
         smtp.send_message(message, settings.sender.addr_spec, [recipient.addr_spec])
     finally:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import os
 import re
 import time
 import uuid
@@ -41,6 +40,7 @@ from rqplus.connections import shared
 from rqplus.retry import stop_retries
 from tasks.emails import enqueue_email, parse_address
 from tasks.gateways import Charge, Gateway, IdempotencyKeyReused, PaymentDeclined
+from tasks.settings import Variables, from_env, names, positive_decimal, seconds, text, whole
 
 #: The queue payment jobs go to (a durable one: enqueue refuses a Redis that could lose them).
 QUEUE = "payments"
@@ -105,31 +105,6 @@ class FraudRejected(Exception):
 FINAL_FAILURES = (PaymentValidationError, FraudRejected, PaymentDeclined, IdempotencyKeyReused)
 
 
-def _positive_decimal(raw: str) -> Decimal:
-    value = Decimal(raw)
-    if not value.is_finite() or value <= 0:
-        raise ValueError("expected a positive number")
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("expected a whole number >= 1")
-    return value
-
-
-def _names(raw: str) -> tuple[str, ...]:
-    return tuple(name.strip() for name in raw.split(",") if name.strip())
-
-
-def _seconds(raw: str) -> tuple[int, ...]:
-    values = tuple(int(part) for part in _names(raw))
-    if any(value < 0 for value in values):
-        raise ValueError("expected whole seconds >= 0")
-    return values
-
-
 @dataclass(frozen=True)
 class Settings:
     """Payment settings, each from an environment variable (see ``ENVIRONMENT``), else the default.
@@ -150,33 +125,24 @@ class Settings:
     retry_intervals: tuple[int, ...] = (10, 60, 300)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read every variable of ``ENVIRONMENT``; ``ValueError`` names the variable of a bad value.
 
         Usage: ``Settings.from_env({"PAYMENTS_MAX_AMOUNT": "500"}).max_amount == Decimal("500")``
         """
-        values: dict[str, Any] = {}
-        for field_name, (variable, parse) in ENVIRONMENT.items():
-            raw = environ.get(variable)
-            if raw is None:
-                continue
-            try:
-                values[field_name] = parse(raw)
-            except (ValueError, ArithmeticError) as error:
-                raise ValueError(f"{variable}={raw!r}: {error}") from None
-        return cls(**values)
+        return from_env(cls, ENVIRONMENT, environ)
 
 
 #: Each setting: its environment variable and how its text is read.
-ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "gateway": ("PAYMENTS_GATEWAY", str.strip),
-    "fraud_rules": ("PAYMENTS_FRAUD_RULES", _names),
-    "max_amount": ("PAYMENTS_MAX_AMOUNT", _positive_decimal),
-    "fraud_max_amount": ("PAYMENTS_FRAUD_MAX_AMOUNT", _positive_decimal),
-    "velocity_max_count": ("PAYMENTS_VELOCITY_MAX_COUNT", _positive_int),
-    "velocity_max_total": ("PAYMENTS_VELOCITY_MAX_TOTAL", _positive_decimal),
-    "velocity_window": ("PAYMENTS_VELOCITY_WINDOW", _positive_int),
-    "retry_intervals": ("PAYMENTS_RETRY_INTERVALS", _seconds),
+ENVIRONMENT: Variables = {
+    "gateway": ("PAYMENTS_GATEWAY", text),
+    "fraud_rules": ("PAYMENTS_FRAUD_RULES", names),
+    "max_amount": ("PAYMENTS_MAX_AMOUNT", positive_decimal),
+    "fraud_max_amount": ("PAYMENTS_FRAUD_MAX_AMOUNT", positive_decimal),
+    "velocity_max_count": ("PAYMENTS_VELOCITY_MAX_COUNT", whole(1)),
+    "velocity_max_total": ("PAYMENTS_VELOCITY_MAX_TOTAL", positive_decimal),
+    "velocity_window": ("PAYMENTS_VELOCITY_WINDOW", whole(1)),
+    "retry_intervals": ("PAYMENTS_RETRY_INTERVALS", seconds),
 }
 
 

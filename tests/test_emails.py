@@ -204,9 +204,19 @@ def test_a_malformed_address_is_refused_at_enqueue_and_nothing_is_written(redis,
     assert redis.keys("*") == []
 
 
-def test_other_bad_input_is_refused_at_enqueue(redis):
+@pytest.mark.parametrize("subject", ["Hi\nBcc: x@example.com", "Hi\r", "Hi\x0bthere", "Hi\x0c", "Hi\x1cthere",
+                                     "Hi\x85there", "Hi\u2028there", "Hi\u2029"])
+def test_a_line_break_of_any_kind_in_the_subject_is_refused_at_enqueue(redis, subject):
     with pytest.raises(InvalidEmailError, match="line break"):
-        enqueue_email(RECIPIENT, "Hi\nBcc: x@example.com", "Hello", connection=redis)
+        enqueue_email(RECIPIENT, subject, "Hello", connection=redis)
+    assert redis.keys("*") == []
+
+
+def test_other_bad_input_is_refused_at_enqueue(redis):
+    with pytest.raises(InvalidEmailError, match="subject is not valid Unicode"):
+        enqueue_email(RECIPIENT, "Hi \ud800", "Hello", connection=redis)
+    with pytest.raises(InvalidEmailError, match="body is not valid Unicode"):
+        enqueue_email(RECIPIENT, "Hi", "Hello \udc80", connection=redis)
     with pytest.raises(TypeError, match="body must be a str"):
         enqueue_email(RECIPIENT, "Hi", b"bytes", connection=redis)
     with pytest.raises(TypeError, match="address must be a str"):
@@ -388,7 +398,7 @@ def test_a_bad_setting_fails_the_job_at_once_naming_the_variable(smtp, redis, mo
     work(redis)
 
     assert job.get_status(refresh=True) == "failed"
-    assert "ValueError: SMTP_PORT='smtp': expected a number >= 1" in exc_text(job)
+    assert "ValueError: SMTP_PORT='smtp': expected a whole number >= 1" in exc_text(job)
     assert nothing_pending(redis, job)
 
 
@@ -429,6 +439,25 @@ def test_settings_are_read_at_call_time(monkeypatch):
     monkeypatch.setenv("SMTP_STARTTLS", "yes")
     assert (SmtpSettings.from_env().port, SmtpSettings.from_env().starttls) == (2525, True)
     monkeypatch.setenv("SMTP_FROM", "nobody")
-    with pytest.raises(ValueError, match="SMTP_FROM: 'nobody' is not a valid email address"):
+    with pytest.raises(ValueError, match="SMTP_FROM='nobody': 'nobody' is not a valid email address"):
+        SmtpSettings.from_env()
+    monkeypatch.setenv("SMTP_PORT", "70000")
+    with pytest.raises(ValueError, match="SMTP_PORT='70000': expected a TCP port"):
+        SmtpSettings.from_env()
+
+
+def test_a_password_is_never_sent_in_clear_text_beyond_loopback(monkeypatch):
+    monkeypatch.setenv("SMTP_USERNAME", "shop")
+    monkeypatch.setenv("SMTP_PASSWORD", "s3cret")
+    for host in ("localhost", "127.0.0.1", "::1"):
+        monkeypatch.setenv("SMTP_HOST", host)
+        assert SmtpSettings.from_env().username == "shop"
+    monkeypatch.setenv("SMTP_HOST", "smtp.example.com")
+    with pytest.raises(ValueError, match="password would reach smtp.example.com in clear text"):
+        SmtpSettings.from_env()
+    monkeypatch.setenv("SMTP_STARTTLS", "true")
+    assert SmtpSettings.from_env().starttls
+    monkeypatch.delenv("SMTP_PASSWORD")
+    with pytest.raises(ValueError, match="set both to log in, or neither"):
         SmtpSettings.from_env()
 
