@@ -11,6 +11,8 @@ import json
 import os
 import pickle
 import re
+import subprocess
+import sys
 import time
 import zlib
 from datetime import datetime, timedelta, timezone
@@ -91,6 +93,22 @@ def test_refuses_to_start_without_credentials(redis_server: RedisServer, monkeyp
     assert create_app(redis_server.url, auth=False).test_client().get("/").status_code == 200
 
 
+def test_without_auth_only_loopback_host_names_are_answered(redis_server: RedisServer, redis: Redis) -> None:
+    """DNS rebinding: a page at evil.example whose name an attacker resolves to 127.0.0.1 reaches
+    the port, but names its own host: refused, and no CSRF token is handed out."""
+    client = create_app(redis_server.url, auth=False).test_client()
+    job = Queue("q", connection=redis).enqueue("tests.jobs.record", "x")
+    for host in ("evil.example:9181", "evil.example", "127.0.0.1.evil.example", "10.0.0.1"):
+        answer = client.get("/", headers={"Host": host})
+        assert answer.status_code == 403 and "loopback" in answer.text, host
+        assert "_csrf_token" not in answer.headers.get("Set-Cookie", "")
+        assert client.post(f"/rq/job/{job.id}/delete", headers={"Host": host, "Origin": f"http://{host}"}
+                           ).status_code == 403
+    assert redis.exists(job.key)
+    for host in ("localhost:9181", "127.0.0.1:9181", "127.0.0.2", "[::1]:9181", "LOCALHOST"):
+        assert client.get("/", headers={"Host": host}).status_code == 200, host
+
+
 def test_cli_refuses_without_credentials_and_no_auth_off_loopback(monkeypatch, redis_server: RedisServer) -> None:
     monkeypatch.delenv("RQPLUS_DASHBOARD_USERNAME", raising=False)
     monkeypatch.delenv("RQPLUS_DASHBOARD_PASSWORD", raising=False)
@@ -167,6 +185,34 @@ def test_login_form_and_no_open_redirect(app) -> None:
         answer = client.get("/login", query_string={"next": target})
         assert answer.status_code == 302 and answer.location == "/", (target, answer.location)
     assert client.get("/login?next=/failed%3Fqueue%3Dq").location == "/failed?queue=q"
+
+
+def test_logout_ends_the_session_for_good_and_a_new_password_ends_old_sessions(app, client: FlaskClient,
+                                                                            redis_server: RedisServer) -> None:
+    captured = client.get_cookie(app.config["SESSION_COOKIE_NAME"]).value
+    json_only = {"Accept": "application/json"}
+
+    def replay(target_app) -> int:
+        other = target_app.test_client()
+        other.set_cookie(app.config["SESSION_COOKIE_NAME"], captured)
+        return other.get("/metrics", headers=json_only).status_code
+
+    assert replay(app) == 200
+    same_secret_new_password = create_app(redis_server.url, credentials=Credentials(USER, "a new password"),
+                                          secret_key="test")
+    assert replay(same_secret_new_password) == 401
+    assert post(client, "/logout").status_code == 302
+    assert replay(app) == 401, "a cookie copied before logout no longer opens the dashboard"
+
+
+def test_the_login_redirect_stays_inside_a_mounted_dashboard(app) -> None:
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    host = app.test_client()
+    host.application.wsgi_app = DispatcherMiddleware(lambda environ, start: [], {"/queues": app.wsgi_app})
+    answer = host.get("/queues/failed?queue=q", headers={"Accept": "text/html"})
+    assert answer.status_code == 302
+    assert answer.location == "/queues/login?next=/queues/failed?queue%3Dq"
 
 
 def test_repeated_failed_sign_ins_are_throttled(app, redis: Redis) -> None:
@@ -251,6 +297,25 @@ def test_requeue_keeps_priority_and_json_jobs_stay_json(client: FlaskClient, red
     assert json.loads(redis.hget(urgent.key, "meta")) == {"priority": 0, "tenant": 7}  # still JSON
     entry = audit.entries(redis)[0]
     assert (entry["user"], entry["action"], entry["target"]) == (USER, "requeue", f"job {urgent.id}")
+
+
+def test_requeue_refuses_meta_it_could_not_load_and_leaves_it_as_it_was(client: FlaskClient, redis: Redis) -> None:
+    from collections import defaultdict
+
+    queue = Queue("q", connection=redis)
+    loaded_in_part = queue.enqueue("tests.jobs.record", "a", meta={"counts": defaultdict(int, x=1)}, priority=1)
+    unreadable = queue.enqueue("tests.jobs.record", "b", priority=1)
+    fail(loaded_in_part)
+    fail(unreadable)
+    redis.hset(unreadable.key, "meta", b"\x80\x05not a pickle")
+    before = {job.id: redis.hget(job.key, "meta") for job in (loaded_in_part, unreadable)}
+    answer = post(client, f"/rq/job/{loaded_in_part.id}/requeue")
+    assert answer.status_code == 409 and "collections.defaultdict" in answer.json["message"]
+    answer = post(client, f"/rq/job/{unreadable.id}/requeue")
+    assert answer.status_code == 409 and "meta that cannot be read" in answer.json["message"]
+    assert post(client, "/rq/requeue/q").json == {"status": "OK", "count": 0}
+    assert {job.id: redis.hget(job.key, "meta") for job in (loaded_in_part, unreadable)} == before
+    assert queue.count == 0 and FailedJobRegistry("q", connection=redis).count == 2
 
 
 def test_delete_and_empty_are_audited(client: FlaskClient, redis: Redis) -> None:
@@ -447,6 +512,51 @@ def test_metrics_in_prometheus_format(client: FlaskClient, redis: Redis) -> None
     for expected in ('rqplus_queue_jobs{queue="q",priority="1"} 2', 'rqplus_queue_depth{queue="q"} 2',
                      'rqplus_failed_jobs{queue="q"} 1', "rqplus_redis_durable 0", "# TYPE rqplus_workers gauge"):
         assert expected in lines
+
+
+def test_odd_job_data_and_urls_answer_cleanly(client: FlaskClient, redis: Redis) -> None:
+    queue = Queue("q", connection=redis)
+    queue.enqueue("tests.jobs.record", "x")
+    redis.hset(queue.fetch_job(queue.get_job_ids()[0]).key, "enqueued_at", "garbage")
+    scheduled = Scheduler(connection=redis).enqueue_in(timedelta(minutes=5), "tests.jobs.record", "later")
+    redis.hset(scheduled.key, "meta", pickle.dumps(["not", "a", "dict"]))
+    for path in ("/", "/metrics", "/failed"):
+        assert client.get(path).status_code == 200, path
+    for path in ("/rq/0/data/jobs/q/failed/abc/asc/1.json", "/rq/0/data/jobs/q/failed/0/asc/1.json",
+                 "/rq/0/data/jobs/q/failed/8/asc/0.json", "/rq/0/data/jobs/q/nonsense/8/asc/1.json"):
+        answer = client.get(path)
+        assert answer.status_code == 404 and answer.json["status"] == "ERROR", path
+
+
+def test_a_job_failed_without_a_result_entry_shows_its_reason(client: FlaskClient, redis: Redis) -> None:
+    """rqplus' quarantine of unreadable jobs writes exc_info into the job hash, with no Result."""
+    job = Queue("q", connection=redis).enqueue("tests.jobs.record", "x")
+    fail(job)
+    redis.delete(Result.get_key(job.id))
+    redis.hset(job.key, "exc_info", zlib.compress(b"Traceback ...\nValueError: unreadable job data"))
+    assert client.get(f"/rq/0/data/job/{job.id}.json").json["exc_info"].endswith("ValueError: unreadable job data")
+    assert "ValueError" in client.get("/failed").text
+
+
+def test_the_failed_page_says_when_a_queue_holds_more_than_it_looks_at(client: FlaskClient, redis: Redis,
+                                                                       monkeypatch) -> None:
+    from rqplus.dashboard import actions
+
+    monkeypatch.setattr(actions, "BULK_SCAN_LIMIT", 2)
+    queue = Queue("q", connection=redis)
+    for n in range(3):
+        fail(queue.enqueue("tests.jobs.record", str(n)))
+    page = client.get("/failed").text
+    assert 'id="beyond-scan"' in page and "q holds 3" in page
+    assert '<strong id="match-count">2</strong>' in page
+
+
+def test_masking_takes_linear_time_on_long_words() -> None:
+    """The key pattern once started at every character of a word and backtracked through it:
+    40 KB of hex in an exception text took 48 s. Here 2 MB must finish well inside the timeout."""
+    program = ("from rqplus.dashboard.payloads import Masker; m = Masker(); "
+               "[m.text(t) for t in ('a' * 2_000_000, 'card' * 500_000, 'x card' * 300_000)]")
+    subprocess.run([sys.executable, "-c", program], check=True, timeout=60)
 
 
 def test_a_bad_priority_field_does_not_break_the_pages(client: FlaskClient, redis: Redis) -> None:

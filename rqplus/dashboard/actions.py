@@ -99,6 +99,9 @@ def _requeue_loaded(connection: Redis, job: DashboardJob) -> None:
     if withheld:
         raise ActionError(409, f"job {job.id} has meta the dashboard does not load ({', '.join(withheld)}): "
                                "requeue it from Python with rqplus.Queue.requeue_failed")
+    if not isinstance(job.meta, dict) or "unserialized" in job.meta:  # RQ's stand-in for meta it could not load
+        raise ActionError(409, f"job {job.id} has meta that cannot be read: requeueing would replace it; requeue "
+                               "it from Python with rqplus.Queue.requeue_failed")
     # saved back with the serializer that wrote it, so the worker reads it as before
     queue = Queue(job.origin, connection=connection, serializer=serializer_for(job.data))
     try:
@@ -156,6 +159,20 @@ def failed_jobs(connection: Redis, queue: str | None = None, function: str | Non
             if item.matches(queue, function, exception):
                 found.append(item)
     return found
+
+
+def beyond_scan(connection: Redis) -> dict[str, int]:
+    """Queues holding more failed jobs than :func:`failed_jobs` looks at (``BULK_SCAN_LIMIT``),
+    with how many they hold: the filter and its bulk requeue take the oldest ones, in rounds.
+
+    Usage: ``beyond_scan(redis)  # -> {"emails": 7200}``
+    """
+    names = [queue.name for queue in all_queues(connection)]
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.zcard(FailedJobRegistry(name, connection=connection).key)
+        counts = pipe.execute()
+    return {name: count for name, count in zip(names, counts) if count > BULK_SCAN_LIMIT}
 
 
 def selection_digest(jobs: list[FailedJob]) -> str:
@@ -252,14 +269,19 @@ def _exc_texts(connection: Redis, jobs: list[DashboardJob]) -> list[str | None]:
         for job in jobs:
             pipe.xrevrange(Result.get_key(job.id), "+", "-", count=1)
         latest = pipe.execute()
-    texts = []
-    for job, entries in zip(jobs, latest):
-        result = (Result.restore(job.id, as_text(entries[0][0]), entries[0][1], connection=connection,
-                                 serializer=SafeSerializer) if entries else None)
-        # jobs failed without a result entry (rqplus' quarantine, older RQ) keep it in the job hash,
-        # already loaded (RQ's job.exc_info would fetch the latest result once more)
-        texts.append(result.exc_string if result and result.exc_string else job._exc_info)
-    return texts
+    return [exc_text(job, Result.restore(job.id, as_text(entries[0][0]), entries[0][1], connection=connection,
+                                         serializer=SafeSerializer) if entries else None)
+            for job, entries in zip(jobs, latest)]
+
+
+def exc_text(job: DashboardJob, latest: Result | None) -> str | None:
+    """The job's exception text: from its latest result, else from the job hash, where jobs failed
+    without a result entry (rqplus' quarantine of unreadable jobs, older RQ) keep it (already
+    loaded: RQ's ``job.exc_info`` would fetch the latest result once more).
+
+    Usage: ``exc_text(job, job.latest_result())``
+    """
+    return latest.exc_string if latest and latest.exc_string else job._exc_info
 
 
 def _function_of(job: DashboardJob) -> str:

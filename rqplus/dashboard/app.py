@@ -9,14 +9,13 @@ Usage::
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import pickle
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, jsonify, render_template
 from redis.exceptions import RedisError
 from rq.exceptions import DeserializationError
 from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
@@ -75,7 +74,7 @@ def _answer_cleanly(app: Flask) -> None:
     """Refusals and unreadable data answer with a status and a message, never a bare HTTP 500."""
 
     def answer(status: int, message: str):
-        if any(mime == "text/html" for mime, _ in request.accept_mimetypes):
+        if security.wants_html():
             return render_template("rqplus/error.html", status=status, message=message), status
         return jsonify(status="ERROR", message=message), status
 
@@ -105,16 +104,3 @@ def serve(app: Flask, host: str = DASHBOARD_HOST, port: int = DASHBOARD_PORT) ->
     Usage: ``serve(create_app(), "127.0.0.1", 9181)``
     """
     make_server(app, host, port).run()
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1).
-
-    Usage: ``is_loopback("127.0.0.1")``
-    """
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

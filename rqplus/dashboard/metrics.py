@@ -63,12 +63,13 @@ class QueueStats:
     complete: bool = True
 
 
-def queue_stats(connection: Redis, limit: int = SCAN_LIMIT) -> list[QueueStats]:
-    """Stats of every queue RQ knows (``rq:queues``), sorted by name.
+def queue_stats(connection: Redis, limit: int = SCAN_LIMIT, queues: list[Queue] | None = None) -> list[QueueStats]:
+    """Stats of ``queues`` (default: every queue RQ knows, :func:`all_queues`): one pipelined
+    round trip per queue after reading its first ``limit`` ids.
 
     Usage: ``{s.name: s.depth for s in queue_stats(redis)}``
     """
-    return [_one_queue(queue, limit) for queue in all_queues(connection)]
+    return [_one_queue(queue, limit) for queue in (all_queues(connection) if queues is None else queues)]
 
 
 def all_queues(connection: Redis) -> list[Queue]:
@@ -92,22 +93,29 @@ def stored_priority(raw: bytes | str | None) -> int:
         return DEFAULT_PRIORITY
 
 
+def _stored_time(raw: bytes | None) -> datetime | None:
+    # a job hash's time field; None when missing or unreadable (forged or corrupted: the page stays up)
+    try:
+        return utcparse(as_text(raw)) if raw else None
+    except ValueError:
+        return None
+
+
 def _one_queue(queue: Queue, limit: int) -> QueueStats:
     connection = queue.connection
     job_ids = [as_text(job_id) for job_id in connection.lrange(queue.key, 0, limit - 1)]
     with connection.pipeline(transaction=False) as pipe:
         pipe.llen(queue.key)
+        for registry in (StartedJobRegistry, FailedJobRegistry, ScheduledJobRegistry):
+            pipe.zcard(registry(queue.name, connection=connection).key)
         for job_id in job_ids:
             pipe.hmget(queue.job_class.key_for(job_id), PRIORITY_KEY, "enqueued_at")
-        depth, *fields = pipe.execute()
-    stats = QueueStats(queue.name, depth, complete=depth <= limit,
-                       started=StartedJobRegistry(queue.name, connection=connection).get_job_count(cleanup=False),
-                       failed=FailedJobRegistry(queue.name, connection=connection).get_job_count(cleanup=False),
-                       scheduled=ScheduledJobRegistry(queue.name, connection=connection).get_job_count(cleanup=False))
+        depth, started, failed, scheduled, *fields = pipe.execute()
+    stats = QueueStats(queue.name, depth, complete=depth <= limit, started=started, failed=failed, scheduled=scheduled)
     for job_id, (priority, enqueued_at) in zip(job_ids, fields):
         level = stored_priority(priority)
         stats.by_priority[level] = stats.by_priority.get(level, 0) + 1
-        when = utcparse(as_text(enqueued_at)) if enqueued_at else None
+        when = _stored_time(enqueued_at)
         # the list is in run order, so the first id of a priority is usually its oldest; at_front
         # and stock pushes can break that, hence the comparison
         if level not in stats.oldest or (when and (stats.oldest[level][1] is None or when < stats.oldest[level][1])):
@@ -158,8 +166,8 @@ def scheduled_fires(connection: Redis, limit: int = SCHEDULE_LIMIT) -> list[tupl
     return list(scheduler.get_jobs(with_times=True, offset=0, length=limit))
 
 
-def sample_depths(connection: Redis) -> float | None:
-    """Record every queue's depth in the depth stream, at most once per :data:`DEPTH_INTERVAL`
+def sample_depths(connection: Redis, queues: list[Queue] | None = None) -> float | None:
+    """Record the depth of ``queues`` (default: :func:`all_queues`) in the depth stream, at most once per :data:`DEPTH_INTERVAL`
     seconds across all dashboard processes; returns the sample's time (Redis' clock, read from the
     entry id Redis assigned), or None when no sample was taken.
 
@@ -170,7 +178,7 @@ def sample_depths(connection: Redis) -> float | None:
     """
     if not connection.set(DEPTH_LOCK_KEY, 1, nx=True, ex=DEPTH_INTERVAL):
         return None
-    queues = all_queues(connection)
+    queues = all_queues(connection) if queues is None else queues
     if not queues:
         return None
     with connection.pipeline(transaction=False) as pipe:

@@ -67,6 +67,14 @@ class Withheld(metaclass=_WithheldType):
     def __setstate__(self, state: Any) -> None:
         pass
 
+    def append(self, *dropped: Any) -> None:
+        """Drops what an unpickled list or dict subclass (``defaultdict``, ``Counter``) fills itself with.
+
+        Usage: ``withheld.append(1)  # nothing kept``
+        """
+
+    extend = __setitem__ = append
+
     def __repr__(self) -> str:
         return f"<not loaded: {self.origin}>"
 
@@ -201,8 +209,10 @@ class Masker:
         fragments = "|".join(map(re.escape, self.keys))
         # a key (optionally quoted) containing a fragment, `=` or `:`, then one quoted or bare value;
         # a bare value that is itself a sensitive key is left to its own match, so that in
-        # "CardError: card='4111 1111'" the quoted number is masked whole
-        key = rf"""['"]?[\w.-]*(?:{fragments})[\w.-]*['"]?"""
+        # "CardError: card='4111 1111'" the quoted number is masked whole. Linear time: a key
+        # starts only where a word starts, the fragment is looked for inside that word alone, and
+        # the word is then taken whole (possessive: no backtracking into it)
+        key = rf"""(?<![\w.'"-])['"]?(?=[\w.-]*?(?:{fragments}))[\w.-]++['"]?"""
         self._pattern = re.compile(
             rf"""(?ix) ({key} \s* [=:] \s*)
                  ( '(?:[^'\\]|\\.)*' | "(?:[^"\\]|\\.)*" | (?!{key} \s* [=:]) [^\s,;&)}}\]]+ )"""

@@ -171,7 +171,7 @@ def job_info(instance_number: int, job_id: str) -> Response:
         "enqueued_at": rqd.serialize_date(job.enqueued_at), "started_at": rqd.serialize_date(job.started_at),
         "ended_at": rqd.serialize_date(job.ended_at), "origin": job.origin, "status": job.get_status(refresh=False),
         "result": shown(latest.return_value if latest and latest.type == Result.Type.SUCCESSFUL else None, masker),
-        "exc_info": masker.text(latest.exc_string if latest else None),
+        "exc_info": masker.text(actions.exc_text(job, latest)),
         "description": masker.text(rqd.format_job_description(job)),
         "metadata": json.dumps(shown(job.meta, masker), cls=_ReprEncoder),
     }
@@ -186,13 +186,18 @@ def job_info(instance_number: int, job_id: str) -> Response:
     return _json(info)
 
 
-# rq-dashboard: descriptions and exception texts as stored, secrets included. Here: masked.
+# rq-dashboard: descriptions and exception texts as stored, secrets included; HTTP 500 for a page
+# or page size that is not a positive number, or an unknown registry. Here: masked, 404.
 def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_page: str, order: str,
               page: str) -> Response:
     """A page of a queue's or registry's jobs, as rq-dashboard lists them, masked.
 
     Usage: ``GET /rq/0/data/jobs/<queue>/<registry>/<per_page>/<order>/<page>.json``
     """
+    if registry_name != "queued" and registry_name not in actions.REGISTRIES:
+        raise actions.ActionError(404, f"no registry {registry_name!r}: one of queued, {', '.join(actions.REGISTRIES)}")
+    if not (per_page.isdigit() and page.isdigit() and int(per_page) > 0 and int(page) > 0):
+        raise actions.ActionError(404, f"page {page!r} of {per_page!r} jobs: both must be whole numbers >= 1")
     listing = rqd.list_jobs.__wrapped__(instance_number, queue_name, registry_name, per_page, order, page)
     masker = dashboard().masker
     for job in listing["jobs"]:
@@ -250,26 +255,24 @@ def requeue_all(queue_name: str) -> Response:
 
 
 # rq-dashboard: Job.fetch with the stock unpickler, ERROR without a message. Here: safe, 404, audited.
+@rqd.check_delete_enable  # DISABLED when RQ_DASHBOARD_DISABLE_DELETE is set, as in rq-dashboard
 def delete_job_view(job_id: str) -> Response:
-    """Delete one job (POST); DISABLED when ``RQ_DASHBOARD_DISABLE_DELETE`` is set.
+    """Delete one job (POST).
 
     Usage: ``POST /rq/job/<job_id>/delete`` with the CSRF token
     """
-    if current_app.config.get("RQ_DASHBOARD_DISABLE_DELETE"):
-        return _json({"status": "DISABLED"})
     actions.delete(dashboard().connection, job_id, actor())
     return _json({"status": "OK"})
 
 
 # rq-dashboard: deletes each job through the stock unpickler. Here: safe, audited, 404 for an
 # unknown registry.
+@rqd.check_delete_enable
 def empty_queue(queue_name: str, registry_name: str) -> Response:
     """Delete every job of a queue or of one of its registries (POST).
 
     Usage: ``POST /rq/queue/<queue>/failed/empty`` with the CSRF token
     """
-    if current_app.config.get("RQ_DASHBOARD_DISABLE_DELETE"):
-        return _json({"status": "DISABLED"})
     count = actions.empty(dashboard().connection, queue_name, registry_name, actor())
     return _json({"status": "OK", "count": count})
 

@@ -6,6 +6,10 @@ page may run.
   ``RQPLUS_DASHBOARD_PASSWORD`` and are compared in constant time. HTML page views without a
   user are redirected to the login page; everything else answers 401. After 10 failed sign-ins
   (form or Basic auth) from one client address within 5 minutes, that address gets 429.
+  A login session lives in Redis too (12 h, bound to the credentials it was opened with): logout
+  ends it for good, and a changed password ends every session opened with the old one.
+* **Without authentication** (``--no-auth``, loopback only) requests must name a loopback host,
+  so a web page whose own host name an attacker points at 127.0.0.1 (DNS rebinding) gets 403.
 * **Cross-site safe**: every request that is not GET/HEAD/OPTIONS must carry the session's CSRF
   token (header ``X-CSRFToken``, which rq-dashboard's JavaScript sends from the ``_csrf_token``
   cookie, or form field ``_csrf_token``) and, when the browser names one, an Origin (else
@@ -22,7 +26,9 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
@@ -46,6 +52,10 @@ LOGIN_FAILURES_LIMIT = 10
 LOGIN_FAILURES_WINDOW = 300
 #: The user recorded in the audit log when authentication is off.
 ANONYMOUS = "anonymous (--no-auth)"
+#: Login sessions: ``SESSION_KEY:<id>`` holds the fingerprint of the credentials it was opened
+#: with, for ``SESSION_LIFETIME`` seconds; logout deletes it.
+SESSION_KEY = "rqplus:dashboard:session"
+SESSION_LIFETIME = 12 * 3600
 
 auth = Blueprint("auth", __name__)
 
@@ -74,6 +84,35 @@ class Credentials:
         user_ok = hmac.compare_digest((username or "").encode(), self.username.encode())
         password_ok = hmac.compare_digest((password or "").encode(), self.password.encode())
         return user_ok & password_ok
+
+    def fingerprint(self, secret_key: str | bytes) -> str:
+        """A keyed digest of these credentials: what a login session is bound to.
+
+        Usage: ``credentials.fingerprint(app.secret_key)``
+        """
+        key = secret_key if isinstance(secret_key, bytes) else secret_key.encode()
+        return hmac.new(key, f"{self.username}\0{self.password}".encode(), hashlib.sha256).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1, bracketed or not).
+
+    Usage: ``is_loopback("127.0.0.1")``
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def wants_html() -> bool:
+    """True when this request's client accepts HTML (a person's browser, not a script or XHR).
+
+    Usage: ``render_template(...) if wants_html() else jsonify(...)``
+    """
+    return any(mime == "text/html" for mime, _ in request.accept_mimetypes)
 
 
 def install(app: Flask, credentials: Credentials | None) -> None:
@@ -122,8 +161,12 @@ def csp_nonce() -> str:
 def _guard() -> Response | None:
     credentials: Credentials | None = app_credentials()
     if credentials is None:
+        hostname = urlsplit(f"//{request.host}").hostname or ""
+        if not is_loopback(hostname):  # DNS rebinding: a foreign page whose name resolves to us
+            raise Forbidden(f"this dashboard runs without authentication and answers only requests to a loopback "
+                            f"host name, not {request.host!r}")
         g.user = ANONYMOUS
-    elif "user" in session:
+    elif _session_user(credentials):
         g.user = session["user"]
     elif request.authorization and request.authorization.type == "basic":
         refused = _throttled()
@@ -142,6 +185,24 @@ def _guard() -> Response | None:
     return None
 
 
+def _session_user(credentials: Credentials) -> bool:
+    """True when the login session is alive in Redis and bound to the current credentials; a
+    session ended or opened with other credentials is cleared."""
+    session_id = session.get("sid")
+    if not session_id:
+        return False
+    stored = _connection().get(f"{SESSION_KEY}:{session_id}")
+    expected = credentials.fingerprint(current_app.secret_key)
+    if stored is not None and hmac.compare_digest(stored, expected.encode()):
+        return True
+    session.clear()
+    return False
+
+
+def _connection():
+    return current_app.extensions["rqplus.dashboard"].connection
+
+
 def app_credentials() -> Credentials | None:
     """The credentials this app was created with; None when authentication is off.
 
@@ -152,9 +213,8 @@ def app_credentials() -> Credentials | None:
 
 def _unauthenticated() -> Response:
     # a person opening a page gets the login form; scripts and XHR get 401 (Basic auth accepted)
-    wants_page = request.method == "GET" and any(mime == "text/html" for mime, _ in request.accept_mimetypes)
-    if wants_page:
-        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+    if request.method == "GET" and wants_html():  # next= includes where the app is mounted
+        return redirect(url_for("auth.login", next=request.script_root + request.full_path.rstrip("?")))
     return Response("authentication required\n", 401, {"WWW-Authenticate": 'Basic realm="rqplus dashboard"'},
                     mimetype="text/plain")
 
@@ -165,7 +225,7 @@ def _failures_key() -> str:
 
 def _throttled() -> Response | None:
     """A 429 answer when this client address has failed to sign in too often lately, else None."""
-    connection = current_app.extensions["rqplus.dashboard"].connection
+    connection = _connection()
     failures = connection.get(_failures_key())
     if failures is None or int(failures) < LOGIN_FAILURES_LIMIT:
         return None
@@ -177,7 +237,7 @@ def _throttled() -> Response | None:
 def _count_failure() -> None:
     # INCR + EXPIRE in one transaction: the window restarts at each failure, so a client that keeps
     # guessing stays refused; plain commands, as Redis 6.2 has them
-    with current_app.extensions["rqplus.dashboard"].connection.pipeline() as pipe:
+    with _connection().pipeline() as pipe:
         pipe.incr(_failures_key())
         pipe.expire(_failures_key(), LOGIN_FAILURES_WINDOW)
         pipe.execute()
@@ -235,7 +295,10 @@ def login() -> Response | str:
             return refused
         if credentials.match(request.form.get("username"), request.form.get("password")):
             session.clear()  # no session fixation: the pre-login session and its token are dropped
-            session["user"] = credentials.username
+            session_id = secrets.token_urlsafe(32)
+            _connection().set(f"{SESSION_KEY}:{session_id}", credentials.fingerprint(current_app.secret_key),
+                              ex=SESSION_LIFETIME)
+            session.update(user=credentials.username, sid=session_id)
             return redirect(target)
         _count_failure()
         error = "Wrong user name or password."
@@ -244,10 +307,12 @@ def login() -> Response | str:
 
 @auth.route("/logout", methods=["POST"])
 def logout() -> Response:
-    """End the session (POST with the CSRF token, like every action).
+    """End the session for good, in Redis too (POST with the CSRF token, like every action).
 
     Usage: ``POST /logout`` with the CSRF token
     """
+    if session.get("sid"):
+        _connection().delete(f"{SESSION_KEY}:{session['sid']}")
     session.clear()
     return redirect(url_for("auth.login"))
 

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from rqplus.connections import redact
 from rqplus.dashboard import actions, audit, metrics
 from rqplus.dashboard.charts import line_chart
-from rqplus.dashboard.payloads import Masker
+from rqplus.dashboard.payloads import DashboardJob, Masker
 from rqplus.dashboard.security import app_credentials, current_user
 from rqplus.durability import DurabilityReport, cached_check
 
@@ -111,14 +111,22 @@ def overview() -> str:
     board = dashboard()
     connection, now = board.connection, time.time()
     # the depth samples carry Redis' clock: the chart's hour is measured on it too
-    sampled = metrics.sample_depths(connection)
+    queues = metrics.all_queues(connection)
+    sampled = metrics.sample_depths(connection, queues)
     chart_now = sampled if sampled is not None else metrics.redis_time(connection)
-    fires = [(job, when, board.masker.text(job.description), job.meta.get("cron_string") or job.meta.get("interval"))
-             for job, when in metrics.scheduled_fires(connection)]
+    fires = [(job, when, board.masker.text(job.description), _repeats(job)) for job, when in metrics.scheduled_fires(connection)]
     return render_template(
-        "rqplus/overview.html", stats=metrics.queue_stats(connection), fires=fires, workers=metrics.workers(connection),
+        "rqplus/overview.html", stats=metrics.queue_stats(connection, queues=queues), fires=fires,
+        workers=metrics.workers(connection),
         chart=line_chart(metrics.depth_history(connection, now=chart_now), chart_now - metrics.DEPTH_WINDOW, chart_now),
         entries=audit.entries(connection, AUDIT_RECENT), refresh=OVERVIEW_REFRESH, now=now)
+
+
+def _repeats(job: DashboardJob) -> Any:
+    # rq-scheduler keeps a repeating job's cron string or interval in its meta (a forged job's meta
+    # may be anything)
+    meta = job.meta if isinstance(job.meta, dict) else {}
+    return meta.get("cron_string") or meta.get("interval")
 
 
 @blueprint.route("/failed")
@@ -133,7 +141,8 @@ def failed() -> str:
     matching = [job for job in everything if job.matches(**chosen)]
     options = {key: sorted({getattr(job, key) for job in everything}) for key in ("queue", "function", "exception")}
     return render_template("rqplus/failed.html", chosen=chosen, options=options, matching=matching[:FAILED_SHOWN],
-                           count=len(matching), selection=actions.selection_digest(matching))
+                           count=len(matching), selection=actions.selection_digest(matching),
+                           beyond=actions.beyond_scan(connection), scan_limit=actions.BULK_SCAN_LIMIT)
 
 
 @blueprint.route("/failed/requeue", methods=["POST"])
