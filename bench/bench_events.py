@@ -10,7 +10,7 @@ medians over rounds and ratios (rqplus / peer). Progress goes to stderr, the tab
 
 Usage (any working directory; the repo root is put on ``sys.path``)::
 
-    python bench/bench_events.py            # full run, about 40 seconds
+    python bench/bench_events.py            # full run, about 25 seconds
     python bench/bench_events.py --quick    # about 10 seconds
     python bench/bench_events.py --rounds 7
 
@@ -85,27 +85,18 @@ def produce_round(conn: Redis, n: int, peer_sink: Path) -> dict[str, float]:
     return elapsed
 
 
-def produce_pipelined(conn: Redis, n: int) -> float:
-    """Seconds for ``n`` ``log_event`` calls sent PIPELINE per round trip."""
+def produce_pipelined(conn: Redis, n: int, per_round_trip: int = PIPELINE) -> float:
+    """Seconds for ``n`` ``log_event`` calls sent ``per_round_trip`` per round trip, into an empty Redis."""
     conn.flushdb()
     start = time.perf_counter()
-    for lo in range(0, n, PIPELINE):
+    for lo in range(0, n, per_round_trip):
         with conn.pipeline(transaction=False) as pipe:
-            for i in range(lo, min(n, lo + PIPELINE)):
+            for i in range(lo, min(n, lo + per_round_trip)):
                 log_event(EVENT, connection=pipe, user_id=f"user_{i}")
             pipe.execute()
     elapsed = time.perf_counter() - start
     assert conn.llen(EVENTS_KEY) == n
     return elapsed
-
-
-def fill_events(conn: Redis, n: int) -> None:
-    """``n`` queued events, logged 1,000 per pipeline (untimed)."""
-    for lo in range(0, n, 1000):
-        with conn.pipeline(transaction=False) as pipe:
-            for i in range(lo, min(n, lo + 1000)):
-                log_event(EVENT, connection=pipe, user_id=f"user_{i}")
-            pipe.execute()
 
 
 def consume_plus(conn: Redis, sink: Path, n: int) -> float:
@@ -148,8 +139,7 @@ def measure(conn: Redis, workdir: Path, sizes: Sizes) -> dict[str, list[float]]:
             out[f"consume_{side}"].append(n / consumed[side])
             out[f"e2e_{side}"].append(n / (produced[side] + consumed[side]))
         out["pipelined"].append(n / produce_pipelined(conn, n))
-        conn.flushdb()
-        fill_events(conn, sizes.backlog)
+        produce_pipelined(conn, sizes.backlog, per_round_trip=1000)  # the backlog (untimed)
         out["backlog"].append(sizes.backlog / consume_plus(conn, plus_sink, sizes.backlog))
     return out
 

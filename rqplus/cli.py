@@ -116,20 +116,14 @@ def dashboard(url: str | None, host: str, port: int, prefix: str, no_auth: bool)
                                "RQPLUS_DASHBOARD_USERNAME and RQPLUS_DASHBOARD_PASSWORD to listen there")
     try:
         app = board.create_app(url, auth=not no_auth, prefix=prefix)
-        server = board.make_server(app, host, port)
+        server = board.Server(app, host, port)
     except (ValueError, OSError) as error:  # no credentials (DashboardConfigError), bad URL, port taken
         click.echo(f"rqplus dashboard: error: {error}", err=True)
         raise SystemExit(2) from None
-    shown_host = f"[{host}]" if ":" in host else host
-    click.echo(f"rqplus dashboard: http://{shown_host}:{server.effective_port}/ (Redis {redact(redis_url(url))})")
+    click.echo(f"rqplus dashboard: {' '.join(server.urls)} (Redis {redact(redis_url(url))})")
     if no_auth:
         click.echo("rqplus dashboard: authentication is OFF (--no-auth): listening on loopback only", err=True)
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.close()
+    server.run()
 
 
 def _render(report: durability.DurabilityReport, where: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
@@ -22,6 +23,9 @@ from redis.retry import Retry
 from redis.exceptions import AuthenticationError, ConnectionError, TimeoutError
 
 from rqplus.defaults import DEFAULT_REDIS_URL
+
+#: redis-py's ``?password=...`` query parameter (any case), value up to the next ``&``.
+_PASSWORD_PARAMETER = re.compile(r"(?i)((?:^|&)password=)[^&]*")
 
 #: Environment variable naming the Redis to use, as RQ's own CLI accepts it.
 REDIS_URL_ENV = "REDIS_URL"
@@ -71,16 +75,17 @@ def _shared(url: str) -> Redis:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (user names are kept), safe to print or log.
+    """``url`` with its password replaced by ``***``, before the ``@`` or as redis-py's
+    ``?password=`` query parameter (user names are kept), safe to print or log.
 
     Usage: ``redact("redis://:s3cret@db:6379/0") == "redis://:***@db:6379/0"``
     """
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+    if parts.password is not None:
+        userinfo, _, hostinfo = parts.netloc.rpartition("@")
+        url = urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{hostinfo}"))
+    base, mark, query = url.partition("?")  # not urlunsplit: it drops the // of unix:///path
+    return base + mark + _PASSWORD_PARAMETER.sub(r"\1***", query)
 
 
 def is_reachable(url: str, timeout: float = 1.0) -> bool:

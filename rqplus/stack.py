@@ -17,30 +17,31 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
 from redis import Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
-from waitress import wasyncore
-from waitress.server import BaseWSGIServer
 
 from rqplus.connections import REDIS_URL_ENV, connect, is_reachable, redact, redis_url, url_is_configured
 from rqplus.defaults import DASHBOARD_HOST, DEFAULT_DATA_DIR, DEFAULT_QUEUES, DEFAULT_REDIS_URL
 from rqplus.durability import check
 from rqplus.embedded import DURABLE_CONFIG, RedisServer, RedisServerError
 from rqplus.queue import Queue
+
+if TYPE_CHECKING:  # Flask and rq-dashboard only load when the dashboard runs
+    from rqplus.dashboard import Server
 
 #: Environment variable naming where ``rqplus up`` looks for (or starts) a local Redis.
 LOCAL_URL_ENV = "RQPLUS_LOCAL_URL"
@@ -114,11 +115,42 @@ def worker_command(queues: Sequence[str]) -> list[str]:
             "--with-scheduler", *queues]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every descendant pid of ``pid``, children first (Linux ``/proc``; empty where there is none).
+
+    Usage: ``descendants(worker.pid)  # -> [work-horse pid, ...]``
+    """
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for child in map(int, children.read_text().split()):
+                found += [child, *descendants(child)]
+    return found
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal ``pid``'s process group and every descendant with theirs.
+
+    RQ's work-horse leaves its worker's group (``os.setpgrp`` in ``fork_work_horse``): a group
+    kill alone would leave the job it runs going on.
+
+    Usage: ``kill_tree(worker.pid)``
+    """
+    found = descendants(pid)  # before the kill: orphans are re-parented and could not be found after
+    for target in (pid, *found):  # each group leader (``pid`` itself, a work-horse) with its group
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(target, sig)
+    for target in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, sig)
+
+
 def stop_workers(workers: Sequence[subprocess.Popen], timeout: float = WORKER_STOP_TIMEOUT) -> None:
-    """Warm shutdown: SIGTERM each worker, wait up to ``timeout`` s, then SIGKILL each one's process group.
+    """Warm shutdown: SIGTERM each worker, wait up to ``timeout`` s, then SIGKILL what is left of
+    each, work-horse and the job's own children included (:func:`kill_tree`).
 
     Only the worker gets SIGTERM: RQ then finishes the current job, whereas its work horse would
-    die of a SIGTERM. The group SIGKILL also takes whatever a killed worker leaves behind.
+    die of a SIGTERM.
 
     Usage: ``stop_workers(stack.workers, timeout=10)``
     """
@@ -131,10 +163,7 @@ def stop_workers(workers: Sequence[subprocess.Popen], timeout: float = WORKER_ST
             worker.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
-        try:
-            os.killpg(worker.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_tree(worker.pid)
         worker.wait()
 
 
@@ -179,8 +208,7 @@ class Stack:
         #: Port for the dashboard (0: any free one), None for no dashboard.
         self.dashboard_port = dashboard_port
         #: The dashboard's waitress server (one loopback socket), once started.
-        self.dashboard: BaseWSGIServer | None = None
-        self._dashboard_thread: threading.Thread | None = None
+        self.dashboard: Server | None = None
 
     def say(self, line: str) -> None:
         """Print one progress line for the user."""
@@ -263,12 +291,14 @@ class Stack:
             shown = (f" - user {credentials.username}, password {credentials.password} (this run only; set "
                      f"{dashboard.security.USERNAME_ENV} and {dashboard.security.PASSWORD_ENV} to choose)")
         app = dashboard.create_app(self.url, credentials=credentials)
-        port = self.dashboard_port if port_is_free(self.dashboard_port) else 0
-        self.dashboard = dashboard.make_server(app, DASHBOARD_HOST, port)
-        self._dashboard_thread = threading.Thread(target=self.dashboard.run, name="rqplus-dashboard", daemon=True)
-        self._dashboard_thread.start()
-        moved = "" if port == self.dashboard_port else f" (port {self.dashboard_port} is taken)"
-        self.say(f"Dashboard: http://{DASHBOARD_HOST}:{self.dashboard.effective_port}/{moved}{shown}")
+        moved = ""
+        try:
+            self.dashboard = dashboard.Server(app, DASHBOARD_HOST, self.dashboard_port)
+        except OSError:  # the port is taken: any free one will do
+            self.dashboard = dashboard.Server(app, DASHBOARD_HOST, 0)
+            moved = f" (port {self.dashboard_port} is taken)"
+        self.dashboard.start()
+        self.say(f"Dashboard: {self.dashboard.urls[0]}{moved}{shown}")
 
     def connection(self) -> Redis:
         """A new client of the Redis in use."""
@@ -287,11 +317,7 @@ class Stack:
         """Stop the dashboard and the workers (each finishes its current job), then the embedded Redis
         (AOF flushed, data kept)."""
         if self.dashboard:
-            # waitress' close() only closes the listening socket: open keep-alive connections and
-            # its worker threads would go on serving
-            self.dashboard.task_dispatcher.shutdown()
-            wasyncore.close_all(self.dashboard._map)
-            self._dashboard_thread.join(5)
+            self.dashboard.stop()
             self.dashboard = None
         if self.workers:
             self.say(f"Stopping {len(self.workers)} workers: each finishes its current job "

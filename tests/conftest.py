@@ -20,6 +20,7 @@ import pytest
 from redis import Redis
 
 from rqplus.embedded import RedisServer
+from rqplus.stack import kill_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,22 +79,17 @@ def commands_sent(server: RedisServer, seconds: float) -> list[str]:
     return [line.split("] ", 1)[1].replace('"', "") for line in lines if " lua]" not in line]
 
 
+def aof_files_in(data_dir: Path) -> bool:
+    """True when ``data_dir`` holds Redis' append-only file(s): a directory since Redis 7, one file before."""
+    return (data_dir / "appendonlydir").is_dir() or (data_dir / "appendonly.aof").is_file()
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for child processes: the repo root importable (for ``tests.jobs``)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
-
-
-def descendants(pid: int) -> list[int]:
-    """All descendant pids of ``pid`` (Linux /proc), children first."""
-    found = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            for child in map(int, children.read_text().split()):
-                found += [child, *descendants(child)]
-    return found
 
 
 class Processes:
@@ -137,13 +133,8 @@ class Processes:
 
     @staticmethod
     def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-        """Signal the process group and every descendant: RQ's work-horse runs in its own session."""
-        pids = descendants(proc.pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+        """Signal the process group and every descendant: RQ's work-horse runs in its own group."""
+        kill_tree(proc.pid, sig)
 
     def stop_all(self) -> None:
         for proc in self.started:

@@ -25,6 +25,9 @@ def test_non_redis_url_is_refused_without_showing_the_password():
     ("redis://:s3cret@db:6379/0", "redis://:***@db:6379/0"),
     ("rediss://alice:s3cret@db:6380/1", "rediss://alice:***@db:6380/1"),
     ("redis://db:6379/0", "redis://db:6379/0"),
+    ("redis://db:6379/0?password=s3cret&socket_timeout=5", "redis://db:6379/0?password=***&socket_timeout=5"),
+    ("rediss://u:s3cret@db/0?ssl_cert_reqs=none&Password=s3cret", "rediss://u:***@db/0?ssl_cert_reqs=none&Password=***"),
+    ("unix:///run/redis.sock?db=1&password=s3cret", "unix:///run/redis.sock?db=1&password=***"),
 ])
 def test_redact_hides_passwords_only(url, shown):
     assert redact(url) == shown

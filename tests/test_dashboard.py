@@ -30,7 +30,7 @@ from rq_scheduler import Scheduler
 
 from rqplus import Queue
 from rqplus.cli import main
-from rqplus.dashboard import Credentials, DashboardConfigError, audit, create_app, metrics, security
+from rqplus.dashboard import Credentials, DashboardConfigError, Server, audit, create_app, metrics, security
 from rqplus.dashboard.payloads import DashboardJob, Masker, SafeSerializer, Withheld, shown, withheld_in
 from rqplus.embedded import RedisServer
 from tests.conftest import wait_for
@@ -107,6 +107,29 @@ def test_without_auth_only_loopback_host_names_are_answered(redis_server: RedisS
     assert redis.exists(job.key)
     for host in ("localhost:9181", "127.0.0.1:9181", "127.0.0.2", "[::1]:9181", "LOCALHOST"):
         assert client.get("/", headers={"Host": host}).status_code == 200, host
+
+
+def test_a_host_name_with_several_addresses_is_served_on_each(app, monkeypatch) -> None:
+    """localhost is 127.0.0.1 and ::1 on many machines: waitress then serves two sockets."""
+    import socket
+    import urllib.request
+
+    real = socket.getaddrinfo
+
+    def both(host, *args, **kwargs):
+        found = real(host, *args, **kwargs)
+        return found + real("::1", *args, **kwargs) if host == "localhost" else found
+
+    monkeypatch.setattr(socket, "getaddrinfo", both)
+    server = Server(app, "localhost", 0)
+    server.start()
+    try:
+        assert [url.split("//")[1].rsplit(":", 1)[0] for url in server.urls] == ["127.0.0.1", "[::1]"]
+        for url in server.urls:
+            assert urllib.request.urlopen(url + "login", timeout=5).status == 200
+    finally:
+        server.stop()
+    assert not server._thread.is_alive()
 
 
 def test_cli_refuses_without_credentials_and_no_auth_off_loopback(monkeypatch, redis_server: RedisServer) -> None:
@@ -492,7 +515,8 @@ def test_workers_are_listed_with_their_class_and_concurrency(client: FlaskClient
                                                             redis_server: RedisServer, processes) -> None:
     processes.rq_worker(redis_server.url, "emails", burst=False)
     processes.rq_worker(redis_server.url, "q", worker_class="rq.SimpleWorker", queue_class=None, burst=False)
-    wait_for(lambda: len(metrics.workers(redis)) == 2)
+    # an rqplus worker writes its class with its first heartbeat, just after it registers
+    wait_for(lambda: sorted(w.kind for w in metrics.workers(redis)) == ["rqplus.worker.Worker", metrics.STOCK_WORKER])
     page = client.get("/").data.decode()
     rows = {cells[4]: cells[1:4] for cells in (re.findall(r"<td[^>]*>(.*?)</td>", row)
                                                for row in re.findall(r"<tr>(.*?)</tr>", page.split('id="workers"')[1]))

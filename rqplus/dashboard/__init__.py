@@ -11,7 +11,7 @@ data loaded without unpickling foreign code, secrets masked), :mod:`.actions` (r
 empty), :mod:`.views` (rqplus' pages), :mod:`.metrics`, :mod:`.charts`, :mod:`.audit`.
 """
 
-from rqplus.dashboard.app import DashboardConfigError, create_app, make_server, serve
+from rqplus.dashboard.app import DashboardConfigError, Server, create_app, serve
 from rqplus.dashboard.security import Credentials, is_loopback
 
-__all__ = ["Credentials", "DashboardConfigError", "create_app", "is_loopback", "make_server", "serve"]
+__all__ = ["Credentials", "DashboardConfigError", "Server", "create_app", "is_loopback", "serve"]

@@ -12,13 +12,16 @@ from __future__ import annotations
 import os
 import pickle
 import secrets
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 from flask import Flask, jsonify, render_template
 from redis.exceptions import RedisError
 from rq.exceptions import DeserializationError
+from waitress import wasyncore
 from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
+from waitress.task import ThreadedTaskDispatcher
 
 from rqplus.connections import connect, redact, redis_url
 from rqplus.dashboard import rqdashboard, security
@@ -86,21 +89,84 @@ def _answer_cleanly(app: Flask) -> None:
              f"{type(error).__name__}"))
 
 
-def make_server(app: Flask, host: str = DASHBOARD_HOST, port: int = DASHBOARD_PORT,
-                threads: int = 8) -> BaseWSGIServer | MultiSocketServer:
-    """A waitress server for ``app``, bound but not yet serving: ``.run()`` serves until ``.close()``.
+class Server:
+    """``app`` served by waitress (a production WSGI server, ``threads`` threads), bound at creation.
 
-    ``port=0`` picks a free port (``server.effective_port``). For running beside other work, e.g.
-    in ``rqplus up``: ``threading.Thread(target=server.run, daemon=True).start()``.
+    ``port=0`` takes a free port. A host name that resolves to several addresses (``localhost``:
+    127.0.0.1 and ::1) is served on each. :meth:`run` serves in the foreground until Ctrl-C;
+    :meth:`start` in a thread beside other work (``rqplus up``); :meth:`stop` ends it whole:
+    listening sockets, open keep-alive connections and the worker threads (waitress' own
+    ``close()`` of a single-socket server closes the listening socket only).
 
-    Usage: ``server = make_server(create_app(), "127.0.0.1", 0); print(server.effective_port)``
+    Usage::
+
+        server = Server(create_app(), "127.0.0.1", 0)
+        print(server.urls)         # ['http://127.0.0.1:40123/']
+        server.start()             # ... then server.stop()
     """
-    return create_server(app, host=host, port=port, threads=threads, ident="rqplus-dashboard")
+
+    def __init__(self, app: Flask, host: str = DASHBOARD_HOST, port: int = DASHBOARD_PORT, threads: int = 8) -> None:
+        # the dispatcher's threads start before the socket binds: when binding fails (port taken),
+        # they are stopped here instead of idling on for the life of the process
+        dispatcher = ThreadedTaskDispatcher()
+        dispatcher.set_thread_count(threads)
+        try:
+            self.waitress: BaseWSGIServer | MultiSocketServer = create_server(
+                app, host=host, port=port, ident="rqplus-dashboard", _dispatcher=dispatcher)
+        except BaseException:
+            dispatcher.shutdown()
+            raise
+        self._thread: threading.Thread | None = None
+
+    @property
+    def listening(self) -> list[tuple[str, int]]:
+        """Every ``(address, port)`` served."""
+        if isinstance(self.waitress, MultiSocketServer):
+            return [(host, port) for host, port in self.waitress.effective_listen]
+        return [(self.waitress.effective_host, self.waitress.effective_port)]
+
+    @property
+    def port(self) -> int:
+        """The port served (the one chosen when created with ``port=0``)."""
+        return self.listening[0][1]
+
+    @property
+    def urls(self) -> list[str]:
+        """A URL per address served: ``["http://127.0.0.1:9181/"]``."""
+        return [f"http://{f'[{host}]' if ':' in host else host}:{port}/" for host, port in self.listening]
+
+    def run(self) -> None:
+        """Serve until Ctrl-C (SIGINT), then stop.
+
+        Usage: ``Server(create_app(), "127.0.0.1", 9181).run()``
+        """
+        try:
+            self.waitress.run()  # returns on KeyboardInterrupt
+        finally:
+            self.stop()
+
+    def start(self) -> None:
+        """Serve from a daemon thread of this process.
+
+        Usage: ``server.start(); ...; server.stop()``
+        """
+        self._thread = threading.Thread(target=self.waitress.run, name="rqplus-dashboard", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving: sockets and connections closed, worker threads ended (idempotent).
+
+        Usage: ``server.stop()``
+        """
+        self.waitress.task_dispatcher.shutdown()
+        wasyncore.close_all(self.waitress.map if isinstance(self.waitress, MultiSocketServer) else self.waitress._map)
+        if self._thread is not None:
+            self._thread.join(5)
 
 
 def serve(app: Flask, host: str = DASHBOARD_HOST, port: int = DASHBOARD_PORT) -> None:
-    """Serve ``app`` with waitress (a production WSGI server) until interrupted.
+    """Serve ``app`` with waitress until Ctrl-C.
 
     Usage: ``serve(create_app(), "127.0.0.1", 9181)``
     """
-    make_server(app, host, port).run()
+    Server(app, host, port).run()
