@@ -515,8 +515,10 @@ def test_workers_are_listed_with_their_class_and_concurrency(client: FlaskClient
                                                             redis_server: RedisServer, processes) -> None:
     processes.rq_worker(redis_server.url, "emails", burst=False)
     processes.rq_worker(redis_server.url, "q", worker_class="rq.SimpleWorker", queue_class=None, burst=False)
-    # an rqplus worker writes its class with its first heartbeat, just after it registers
-    wait_for(lambda: sorted(w.kind for w in metrics.workers(redis)) == ["rqplus.worker.Worker", metrics.STOCK_WORKER])
+    # an rqplus worker writes its class with its first heartbeat, just after it registers; both
+    # are "started" until they block for jobs
+    wait_for(lambda: sorted((w.kind, w.state) for w in metrics.workers(redis)) ==
+             [("rqplus.worker.Worker", "idle"), (metrics.STOCK_WORKER, "idle")])
     page = client.get("/").data.decode()
     rows = {cells[4]: cells[1:4] for cells in (re.findall(r"<td[^>]*>(.*?)</td>", row)
                                                for row in re.findall(r"<tr>(.*?)</tr>", page.split('id="workers"')[1]))
