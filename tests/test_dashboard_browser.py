@@ -88,6 +88,12 @@ def log_in(page, next_path: str = "/") -> None:
     assert "/login" not in page.url
 
 
+def job_status(status: str) -> str:
+    """The selector of rq-dashboard's job page showing ``status`` in its Status field (the page's
+    other text, "Enqueued at" say, must not match)."""
+    return f"#job-data p:has(strong:text-is('Status')):has-text('{status}')"
+
+
 def failed_job(redis: Redis, processes: Processes, url: str, func: str, *args, allowed: str = "tasks", **kwargs) -> Job:
     """A job that really failed in a worker: by default one whose module the worker may not run
     (as after a deploy that forgot RQPLUS_JOB_MODULES), so it can succeed once requeued."""
@@ -121,14 +127,14 @@ def test_log_in_requeue_a_failed_job_and_a_worker_runs_it(page, redis: Redis, re
     later = queue.enqueue("tests.jobs.record", "waiting", priority=5)
 
     log_in(page, f"/rq/0/view/job/{job.id}")
-    page.wait_for_selector("#job-data:has-text('failed')")
+    page.wait_for_selector(job_status("failed"))
     page.click("#requeue-job-btn")
-    page.wait_for_selector("#job-data:has-text('queued')", timeout=10_000)
+    page.wait_for_selector(job_status("queued"), timeout=10_000)
     # requeued at its own priority: ahead of the priority-5 job, not appended behind it
     assert [i.decode() for i in redis.lrange(queue.key, 0, -1)] == [job.id, later.id]
 
     processes.finish(processes.rq_worker(redis_server.url, "q"))
-    page.wait_for_selector("#job-data:has-text('finished')", timeout=10_000)
+    page.wait_for_selector(job_status("finished"), timeout=10_000)
     assert job.get_status(refresh=True) == JobStatus.FINISHED
     assert page.dialogs == []
 
@@ -143,7 +149,7 @@ def test_html_in_job_data_is_shown_as_text_and_never_runs(page, redis: Redis, re
     assert XSS in page.inner_text("#jobs")          # args and exception text, literally
 
     page.goto(f"/rq/0/view/job/{job.id}")
-    page.wait_for_selector("#job-data:has-text('failed')")
+    page.wait_for_selector(job_status("failed"))
     assert page.locator("#job-data img").count() == 0
     text = page.inner_text("#job-data")
     assert text.count("window.__xss") >= 3            # description, metadata, exception info
