@@ -29,7 +29,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
+from uuid import UUID
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -39,6 +42,7 @@ import redis  # noqa: E402
 import rq  # noqa: E402
 from redis import Redis  # noqa: E402
 from rq.job import Job  # noqa: E402
+from rq.serializers import DefaultSerializer  # noqa: E402
 
 import rqplus  # noqa: E402
 from rqplus.embedded import DURABLE_CONFIG, RedisServer  # noqa: E402
@@ -55,6 +59,21 @@ class PlusSimpleWorker(rq.SimpleWorker, rqplus.Worker):
 
 assert PlusSimpleWorker.queue_class is rqplus.Queue
 assert PlusSimpleWorker.execute_job is rq.SimpleWorker.execute_job
+
+
+class PlusPickleWorker(PlusSimpleWorker):
+    """``PlusSimpleWorker`` reading job data with RQ's ``pickle.loads``: the safe unpickler off, for its cost."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.serializer = DefaultSerializer
+        for queue in self.queues:
+            queue.serializer = DefaultSerializer
+
+
+#: Arguments of the jobs of the unpickler row: what a real job carries (text, numbers, a date, money).
+ARGS = ({"user": "a@example.com", "amount": Decimal("12.50"), "when": datetime(2026, 11, 30, tzinfo=timezone.utc),
+         "items": [1, 2, 3], "tags": {"x", "y"}, "id": UUID(int=7)},)
 
 
 @dataclass(frozen=True)
@@ -136,12 +155,13 @@ def enqueue_rates(conn: Redis, n: int, rounds: int, variants: dict[str, tuple[ty
     return results
 
 
-def drain_rate(conn: Redis, queue_class: type[rq.Queue], worker_class: type[rq.SimpleWorker], n: int) -> float:
-    """Jobs/s for a burst ``SimpleWorker`` draining ``n`` no-op jobs enqueued by ``queue_class``."""
+def drain_rate(conn: Redis, queue_class: type[rq.Queue], worker_class: type[rq.SimpleWorker], n: int,
+               args: tuple = ()) -> float:
+    """Jobs/s for a burst ``SimpleWorker`` draining ``n`` no-op jobs (given ``args``) enqueued by ``queue_class``."""
     conn.flushdb()
     queue = queue_class(QUEUE, connection=conn)
     for start in range(0, n, 500):  # fill (untimed)
-        queue.enqueue_many([queue_class.prepare_data(FUNC) for _ in range(min(500, n - start))])
+        queue.enqueue_many([queue_class.prepare_data(FUNC, args) for _ in range(min(500, n - start))])
     worker = worker_class([queue], connection=conn)
     start_time = time.perf_counter()
     worker.work(burst=True, logging_level="WARNING")
@@ -160,11 +180,13 @@ def rates(conn: Redis, durable_conn: Redis, sizes: Sizes) -> str:
     progress(f"enqueue on an AOF Redis: {rounds} rounds x 2 variants x {n} jobs")
     durable = enqueue_rates(durable_conn, n, rounds, {"stock": (rq.Queue, {}, None),
                                                       "plus": (rqplus.Queue, {"durable": True}, None)})
-    progress(f"drain: {rounds} rounds x 2 runs of {sizes.drain_jobs} jobs")
+    progress(f"drain: {rounds} rounds x 4 runs of {sizes.drain_jobs} jobs")
     drain = interleave(
         {
             "stock": lambda: drain_rate(conn, rq.Queue, rq.SimpleWorker, sizes.drain_jobs),
             "plus": lambda: drain_rate(conn, rqplus.Queue, PlusSimpleWorker, sizes.drain_jobs),
+            "pickle_args": lambda: drain_rate(conn, rqplus.Queue, PlusPickleWorker, sizes.drain_jobs, ARGS),
+            "safe_args": lambda: drain_rate(conn, rqplus.Queue, PlusSimpleWorker, sizes.drain_jobs, ARGS),
         },
         rounds,
     )
@@ -182,11 +204,16 @@ def rates(conn: Redis, durable_conn: Redis, sizes: Sizes) -> str:
         row(f"2 enqueue, random priority 0-9 ({n} jobs)*", enq["stock"], enq["plus_mixed"], None),
         row(f"3 drain, SimpleWorker burst ({sizes.drain_jobs} no-op jobs)", drain["stock"], drain["plus"], 0.95),
         row(f"4 enqueue, durable=True, AOF Redis ({n} jobs)**", durable["stock"], durable["plus"], None),
+        row(f"5 drain, jobs with a dict argument: pickle.loads / safe unpickler***", drain["pickle_args"],
+            drain["safe_args"], 0.95),
     ]
     headers = ["jobs/s (median of rounds)", "stock rq", "rqplus", "rqplus/stock", "ratio range", "target"]
     return table(headers, rows) + ("\n* stock column of row 2 = plain stock enqueue (row 1), for reference"
                                    "\n** a second Redis with AOF (everysec, noeviction): rqplus.Queue(durable=True), "
-                                   "durability verdict cached 1 s, against stock rq.Queue on it")
+                                   "durability verdict cached 1 s, against stock rq.Queue on it"
+                                   "\n*** both columns rqplus: its worker reading job data with RQ's pickle.loads "
+                                   "(column 1) or with rqplus.serializers.SafePickleSerializer (column 2, the default);"
+                                   " enqueue does not unpickle, so its rate is unchanged by it")
 
 
 # ---------------------------------------------------------------- insert cost vs queue length

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 
 class DurabilityError(RuntimeError):
     """Redis is not durable enough for this queue or worker; ``problems`` lists why, with fixes.
@@ -13,3 +15,26 @@ class DurabilityError(RuntimeError):
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         super().__init__("Redis is not durable: " + "; ".join(self.problems))
+
+
+class ForbiddenJobError(Exception):
+    """A job names a function (or callback) a worker must not run: not defined in an allowed module.
+
+    Raised by :func:`rqplus.allowlist.resolve` and by :class:`rqplus.job.Job` when RQ asks for the
+    function; the worker fails such a job, without a retry, with this error's text.
+    """
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle names a class or function the worker does not build: refused before anything of it runs.
+
+    Raised by :class:`rqplus.serializers.SafePickleSerializer`; the job fails with this text.
+    """
+
+
+class WorkLoopError(RuntimeError):
+    """An ``rqplus.Worker``'s work loop stopped on an unexpected error (its ``__cause__``).
+
+    Raised by ``Worker.work`` after RQ's teardown, so ``rq worker`` exits 1: a worker that quits for
+    any reason but a requested stop (or a finished burst) exits non-zero.
+    """

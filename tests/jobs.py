@@ -6,7 +6,9 @@ read the order in which jobs really started.
 
 from __future__ import annotations
 
+import os  # a module global, as real task modules have: forged names walk through it (tests.jobs.os.system)
 import time
+from os import getpid as reexported  # noqa: F401 -- defined in posix: a job naming tests.jobs.reexported is refused
 
 from rq import get_current_job
 
@@ -66,3 +68,31 @@ def fail_final(tag: str) -> None:
     record(tag)
     stop_retries()
     raise ValueError(f"job {tag} cannot succeed")
+
+
+class Recorder:
+    """A class of an allowed module: its bound, static and class methods may run as jobs."""
+
+    shell = staticmethod(os.system)  # a foreign function kept on an allowed class: refused as a job
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def bound(self, tag: str) -> str:
+        """``record`` with the instance's prefix."""
+        return record(self.prefix + tag)
+
+    @staticmethod
+    def static(tag: str) -> str:
+        """``record``, as a static method."""
+        return record(tag)
+
+    @classmethod
+    def klass(cls, tag: str) -> str:
+        """``record``, as a class method."""
+        return record(f"{cls.__name__}:{tag}")
+
+
+async def record_async(tag: str) -> str:
+    """``record`` from a coroutine function."""
+    return record(tag)
