@@ -47,6 +47,11 @@ def app(redis: Redis, redis_server: RedisServer):
 @pytest.fixture
 def client(app) -> FlaskClient:
     """A client logged in through the form, holding the session's CSRF token in ``client.token``."""
+    return logged_in(app)
+
+
+def logged_in(app) -> FlaskClient:
+    """A client of ``app`` logged in through the form, holding the session's CSRF token in ``client.token``."""
     client = app.test_client()
     client.get("/login")
     token = client.get_cookie("_csrf_token").value
@@ -323,17 +328,17 @@ def test_requeue_keeps_priority_and_json_jobs_stay_json(client: FlaskClient, red
 
 
 def test_requeue_refuses_meta_it_could_not_load_and_leaves_it_as_it_was(client: FlaskClient, redis: Redis) -> None:
-    from collections import defaultdict
+    from pathlib import PurePosixPath  # a class outside the standard data classes the dashboard builds
 
     queue = Queue("q", connection=redis)
-    loaded_in_part = queue.enqueue("tests.jobs.record", "a", meta={"counts": defaultdict(int, x=1)}, priority=1)
+    loaded_in_part = queue.enqueue("tests.jobs.record", "a", meta={"where": PurePosixPath("/x")}, priority=1)
     unreadable = queue.enqueue("tests.jobs.record", "b", priority=1)
     fail(loaded_in_part)
     fail(unreadable)
     redis.hset(unreadable.key, "meta", b"\x80\x05not a pickle")
     before = {job.id: redis.hget(job.key, "meta") for job in (loaded_in_part, unreadable)}
     answer = post(client, f"/rq/job/{loaded_in_part.id}/requeue")
-    assert answer.status_code == 409 and "collections.defaultdict" in answer.json["message"]
+    assert answer.status_code == 409 and "pathlib.PurePosixPath" in answer.json["message"]
     answer = post(client, f"/rq/job/{unreadable.id}/requeue")
     assert answer.status_code == 409 and "meta that cannot be read" in answer.json["message"]
     assert post(client, "/rq/requeue/q").json == {"status": "OK", "count": 0}
@@ -579,9 +584,12 @@ def test_the_failed_page_says_when_a_queue_holds_more_than_it_looks_at(client: F
 
 def test_masking_takes_linear_time_on_long_words() -> None:
     """The key pattern once started at every character of a word and backtracked through it:
-    40 KB of hex in an exception text took 48 s. Here 2 MB must finish well inside the timeout."""
+    40 KB of hex in an exception text took 48 s. Here 2 MB must finish well inside the timeout;
+    so must bracketed values that nest deep, never close, or hold quotes that never close."""
     program = ("from rqplus.dashboard.payloads import Masker; m = Masker(); "
-               "[m.text(t) for t in ('a' * 2_000_000, 'card' * 500_000, 'x card' * 300_000)]")
+               "[m.text(t) for t in ('a' * 2_000_000, 'card' * 500_000, 'x card' * 300_000, "
+               "'password=' + '[' * 2_000_000, 'x card=[' * 300_000, 'card=(' + chr(39) + chr(92) * 2_000_000, "
+               "'x card=a(' * 300_000, 'x card=' + chr(39) * 300_000)]")
     subprocess.run([sys.executable, "-c", program], check=True, timeout=60)
 
 
@@ -645,3 +653,185 @@ def test_public_functions_say_how_to_use_them() -> None:
             missing += [f"{module.__name__}.{label}" for label, function in members
                         if "Usage" not in (function.__doc__ or "") or "return" not in function.__annotations__]
     assert missing == []
+
+
+# --- second round (issue 9): what an attacker with and without credentials found ---------------
+
+@pytest.fixture
+def acl_user(redis: Redis):
+    """A Redis user ``u`` with password ``S3cret`` on the session's server, removed afterwards."""
+    redis.acl_setuser("u", enabled=True, passwords=["+S3cret"], commands=["+@all"], keys=["*"], channels=["*"])
+    yield "u"
+    redis.acl_deluser("u")
+
+
+def test_a_redis_password_in_the_url_is_on_no_page(redis: Redis, redis_server: RedisServer, acl_user: str) -> None:
+    """rq-dashboard's instance selector redacted only a password before "@": one given as redis-py's
+    ``?password=`` query parameter (or under a percent-encoded name, which redis-py reads too) was
+    printed on every rq-dashboard page."""
+    for query in ("username=u&password=S3cret", "username=u&pass%77ord=S3cret"):
+        app = create_app(f"redis://127.0.0.1:{redis_server.port}/0?{query}",
+                         credentials=Credentials(USER, PASSWORD), secret_key="test")
+        client = logged_in(app)
+        job = Queue("q", connection=redis).enqueue("tests.jobs.record", "x")
+        fail(job)
+        pages = [path for _, method, path in every_route(app) if method == "GET"] + [
+            f"/rq/0/view/job/{job.id}", f"/rq/0/data/job/{job.id}.json", "/rq/0/view/jobs/q/failed/8/asc/1",
+            "/rq/0/data/jobs/q/failed/8/asc/1.json"]
+        for path in pages:
+            answer = client.get(path, headers={"Accept": "text/html"})
+            assert b"S3cret" not in answer.data, (query, path)
+        overview = client.get("/rq/")
+        assert overview.status_code == 200 and "=***" in overview.text   # served: the client has the password
+        assert "S3cret" not in json.dumps(app.config["RQ_DASHBOARD_REDIS_URL"])
+
+
+def test_the_failed_page_masks_exception_text_on_any_line(client: FlaskClient, redis: Redis) -> None:
+    queue = Queue("q", connection=redis)
+    for message in ("db failed\npassword=hunter2", "db failed\u2028password=hunter2"):
+        fail(queue.enqueue("tests.jobs.record", "x"),
+             f'Traceback (most recent call last):\n  File "tasks.py", line 3, in f\nRuntimeError: {message}')
+    page = client.get("/failed").text
+    assert "hunter2" not in page
+    assert page.count("<td>RuntimeError</td>") == 2   # the exception's type, whichever line the message ends on
+    assert "hunter2" not in json.dumps(client.get("/rq/0/data/jobs/q/failed/8/asc/1.json").json)
+
+
+def test_masking_hides_whole_containers(client: FlaskClient, redis: Redis) -> None:
+    masker = Masker()
+    for text, masked in (
+            ("f(password=['a', 'b'], n=1)", "f(password=***, n=1)"),
+            ("f(password={'k': 'v'}, n=1)", "f(password=***, n=1)"),
+            ("f(secret=('one two', 'x'), n=1)", "f(secret=***, n=1)"),
+            ("{'token': [('a', {'b': 'c]'}), \"d)\"], 'user': 7}", "{'token': ***, 'user': 7}"),
+            ("f(card=Card('4111 1111', exp='12/29'), n=1)", "f(card=***, n=1)"),
+            ("f(password=['a', 'b'", "f(password=***"),                  # never closed: hidden to the end
+            ("f(password=['a\\'] b', 'c'], n=1)", "f(password=***, n=1)")):
+        assert masker.text(text) == masked, text
+    job = Queue("q", connection=redis).enqueue("tests.jobs.record", "x", password=["pa", "ss"],
+                                               secret=("one two", "x"), card={"k": "v"})
+    fail(job)
+    answers = [client.get(f"/rq/0/data/job/{job.id}.json").json["description"],
+               client.get("/rq/0/data/jobs/q/failed/8/asc/1.json").json["jobs"][0]["description"]]
+    for description in answers:
+        assert description == "tests.jobs.record('x', card=***, password=***, secret=***)"
+
+
+def push_cheaply(redis: Redis, queue: Queue, count: int) -> list[str]:
+    """``count`` copies of one real job, queued and in the failed registry: ids and hashes pipelined."""
+    fields = redis.hgetall(queue.enqueue("tests.jobs.record", "x").key)
+    redis.delete(queue.key)
+    ids = [f"{n:06d}-{'j' * 30}" for n in range(count)]
+    with redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hset(f"rq:job:{job_id}", mapping=fields)
+        pipe.rpush(queue.key, *ids)
+        pipe.zadd(queue.failed_job_registry.key, {job_id: n for n, job_id in enumerate(ids)})
+        pipe.execute()
+    return ids
+
+
+def test_job_listings_do_one_page_of_work_however_long_the_queue(client: FlaskClient, redis: Redis) -> None:
+    """100,000 jobs per page took 79 s and 23 MB; so did one job per page, descending, past the end
+    (a range that wrapped to the whole list). Pages hold at most MAX_PAGE_SIZE jobs, each page
+    reads only its own ids (bytes Redis sent) and jobs (HGETALL calls)."""
+    from rqplus.dashboard.rqdashboard import MAX_PAGE_SIZE
+
+    ids = push_cheaply(redis, Queue("big", connection=redis), 20_000)
+    base = "/rq/0/data/jobs/big"
+    for path, expected in ((f"{base}/queued/100000/asc/1.json", ids[:MAX_PAGE_SIZE]),
+                           (f"{base}/failed/100000/asc/1.json", ids[:MAX_PAGE_SIZE]),
+                           (f"{base}/queued/1/dsc/20003.json", []), (f"{base}/failed/1/dsc/20003.json", []),
+                           (f"{base}/queued/1/asc/20003.json", []), (f"{base}/failed/7/dsc/2.json", ids[-14:-7][::-1]),
+                           (f"{base}/queued/7/dsc/1.json", ids[-7:][::-1]), (f"{base}/queued/3/asc/2.json", ids[3:6])):
+        before = redis.info("stats")["total_net_output_bytes"]
+        redis.config_resetstat()
+        answer = client.get(path)
+        stats = redis.info("commandstats")
+        sent = redis.info("stats")["total_net_output_bytes"]
+        assert answer.status_code == 200, path
+        assert [job["id"] for job in answer.json["jobs"]] == expected, path
+        assert len(answer.data) < 2000 + 1000 * len(expected), path
+        assert stats.get("cmdstat_hgetall", {}).get("calls", 0) <= len(expected), path
+        assert sum(stat["calls"] for stat in stats.values()) <= 20 + 2 * len(expected), path
+        assert sent - before < 50_000 + 2000 * len(expected), path   # the whole id list is ~800 KB
+    pagination = client.get(f"{base}/queued/100000/asc/3.json").json["pagination"]
+    assert pagination["num_pages"] == 20_000 // MAX_PAGE_SIZE and pagination["current_page"] == 3
+
+
+def test_odd_ids_and_numbers_answer_404_with_a_message(client: FlaskClient, redis: Redis) -> None:
+    Queue("q", connection=redis).enqueue("tests.jobs.record", "x")
+    huge = "99999999999999999999999"
+    for path in ("/rq/0/data/job/a.b.json", "/rq/0/view/job/a.b", "/rq/0/view/job/%00", "/rq/0/view/job/%FF%FE",
+                 "/rq/0/data/job/%00.json", "/rq/0/data/job/%FF%FE.json", "/rq/0/data/jobs/q/queued/%C2%B2/asc/1.json",
+                 "/rq/0/data/jobs/q/queued/8/asc/%C2%B2.json", f"/rq/0/data/jobs/q/queued/8/asc/{huge}.json",
+                 f"/rq/0/data/jobs/q/queued/{huge}/asc/1.json", f"/rq/0/data/jobs/q/failed/8/dsc/{huge}.json"):
+        answer = client.get(path)
+        assert answer.status_code == 404 and answer.json["status"] == "ERROR" and answer.json["message"], path
+        page = client.get(path, headers={"Accept": "text/html"})
+        assert page.status_code == 404 and "<html" in page.text.lower(), path
+    for action in ("requeue", "delete"):
+        answer = post(client, f"/rq/job/a.b/{action}")
+        assert answer.status_code == 404 and "no job 'a.b'" in answer.json["message"], action
+    answer = post(client, "/rq/queue/no-such-queue/compact")
+    assert answer.status_code == 404 and "no queue 'no-such-queue'" in answer.json["message"]
+    Queue("empty", connection=redis).enqueue("tests.jobs.record", "x")
+    redis.delete("rq:queue:empty")                      # known, but its list is gone with its last job
+    assert post(client, "/rq/queue/empty/compact").json == {"status": "OK"}
+
+
+def test_only_an_unreachable_redis_answers_503(redis_factory, redis: Redis) -> None:
+    server = redis_factory()
+    app = create_app(server.url, credentials=Credentials(USER, PASSWORD), secret_key="test")
+    client = logged_in(app)
+    redis_of_app = server.client()
+    redis_of_app.set("rq:queue:odd", "not a list")      # WRONGTYPE for every list command
+    redis_of_app.sadd("rq:queues", "rq:queue:odd")
+    answer = client.get("/rq/0/data/jobs/odd/queued/8/asc/1.json")
+    assert answer.status_code == 409 and "WRONGTYPE" in answer.json["message"]
+    server.stop()
+    answer = client.get("/rq/0/data/queues.json")
+    assert answer.status_code == 503 and "cannot be reached" in answer.json["message"]
+
+
+def test_concurrent_wrong_guesses_get_exactly_the_limit_of_401s(app) -> None:
+    """40 wrong guesses sent at once from one address got 12 answers of 401 before the 429s: each
+    request checked the count, then added to it. Here the count each failure adds decides."""
+    import http.cookiejar
+    import threading
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    guesses = 48
+    server = Server(app, "127.0.0.1", 0, threads=guesses)   # every guess served at once
+    server.start()
+    try:
+        base = server.urls[0]
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        opener.open(base + "login", timeout=10)   # a session and its CSRF token, for the form half
+        token = next(cookie.value for cookie in jar if cookie.name == "_csrf_token")
+        wrong = "Basic " + base64.b64encode(f"{USER}:guess".encode()).decode()
+        start, statuses = threading.Barrier(guesses), []
+
+        def guess(n: int) -> None:
+            if n % 2:
+                request = urllib.request.Request(base + "metrics", headers={"Authorization": wrong})
+            else:
+                request = urllib.request.Request(base + "login", method="POST", data=urllib.parse.urlencode(
+                    {"username": USER, "password": f"guess {n}", "_csrf_token": token}).encode())
+            start.wait()
+            try:
+                statuses.append(opener.open(request, timeout=30).status)
+            except urllib.error.HTTPError as error:
+                statuses.append(error.code)
+
+        threads = [threading.Thread(target=guess, args=(n,)) for n in range(guesses)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        server.stop()
+    assert sorted(statuses) == [401] * security.LOGIN_FAILURES_LIMIT + [429] * (guesses - security.LOGIN_FAILURES_LIMIT)

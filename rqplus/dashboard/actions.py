@@ -11,11 +11,12 @@ Usage::
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 from redis import Redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import JobStatus
+from rq.job import JobStatus, validate_job_id
 from rq.registry import (
     BaseRegistry,
     CanceledJobRegistry,
@@ -40,6 +41,8 @@ REGISTRIES: dict[str, type[BaseRegistry]] = {
 }
 #: Failed jobs looked at per queue by the bulk requeue filter.
 BULK_SCAN_LIMIT = 5000
+#: An exception's (dotted) type name, as tracebacks print it.
+_TYPE_NAME = re.compile(r"[A-Za-z_][\w.]*")
 
 
 class ActionError(Exception):
@@ -64,10 +67,34 @@ def fetch(connection: Redis, job_id: str) -> DashboardJob:
 
     Usage: ``fetch(redis, job_id).get_status()``
     """
+    if not is_job_id(job_id):
+        raise ActionError(404, f"no job {job_id!r}: job ids are letters, digits, '_' and '-'")
     try:
         return DashboardJob.fetch(job_id, connection=connection)
     except NoSuchJobError:
         raise ActionError(404, f"no job {job_id!r}: it finished and expired, was deleted, or never existed") from None
+
+
+def fetch_many(connection: Redis, job_ids: list[str]) -> list[DashboardJob | None]:
+    """The jobs, loaded safely in one round trip, None for each one gone; ids RQ refuses (found
+    in a forged list or registry) are left out.
+
+    Usage: ``[job for job in fetch_many(redis, job_ids) if job is not None]``
+    """
+    return DashboardJob.fetch_many([job_id for job_id in job_ids if is_job_id(job_id)], connection=connection)
+
+
+def is_job_id(job_id: str) -> bool:
+    """True for an id RQ accepts (letters, digits, ``_`` and ``-``): RQ raises ``ValueError`` for
+    any other, which could name no job.
+
+    Usage: ``is_job_id("a.b") is False``
+    """
+    try:
+        validate_job_id(job_id)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def requeue(connection: Redis, job_id: str, actor: Actor) -> DashboardJob:
@@ -117,7 +144,7 @@ def requeue_all(connection: Redis, queue_name: str, actor: Actor) -> int:
     """
     job_ids = FailedJobRegistry(queue_name, connection=connection).get_job_ids(cleanup=False)
     jobs = [job for start in range(0, len(job_ids), BULK_SCAN_LIMIT)
-            for job in DashboardJob.fetch_many(job_ids[start:start + BULK_SCAN_LIMIT], connection=connection)]
+            for job in fetch_many(connection, job_ids[start:start + BULK_SCAN_LIMIT])]
     return _requeue_many(connection, jobs, actor, f"failed jobs of queue {queue_name}")
 
 
@@ -153,8 +180,8 @@ def failed_jobs(connection: Redis, queue: str | None = None, function: str | Non
     found = []
     for name in names:
         job_ids = FailedJobRegistry(name, connection=connection).get_job_ids(0, BULK_SCAN_LIMIT - 1, cleanup=False)
-        jobs = [job for job in DashboardJob.fetch_many(job_ids, connection=connection) if job is not None]
-        for job, exc_text in zip(jobs, _exc_texts(connection, jobs)):
+        jobs = [job for job in fetch_many(connection, job_ids) if job is not None]
+        for job, exc_text in zip(jobs, exc_texts(connection, jobs)):
             item = FailedJob(job.id, name, _function_of(job), exception_type(exc_text), job)
             if item.matches(queue, function, exception):
                 found.append(item)
@@ -246,25 +273,42 @@ def empty(connection: Redis, queue_name: str, registry_name: str, actor: Actor) 
 
 
 def compact(connection: Redis, queue_name: str, actor: Actor) -> None:
-    """Drop ids of jobs that no longer exist from a queue (RQ's ``Queue.compact``).
+    """Drop ids of jobs that no longer exist from a queue (RQ's ``Queue.compact``); 404 for a
+    queue Redis does not know.
 
     Usage: ``compact(redis, "emails", Actor("admin"))``
     """
-    Queue(queue_name, connection=connection).compact()
+    queue = Queue(queue_name, connection=connection)
+    # RQ's compact renames the queue's list, which Redis refuses for a list that does not exist:
+    # an unknown queue, or a known one whose last job was taken (nothing to compact)
+    if connection.exists(queue.key):
+        queue.compact()
+    elif not connection.sismember(Queue.redis_queues_keys, queue.key):
+        raise ActionError(404, f"no queue {queue_name!r}")
     audit.record(connection, actor.user, "compact", f"queue {queue_name}", ip=actor.ip)
 
 
 def exception_type(exc_text: str | None) -> str:
     """The exception's type name from a traceback or ``"Type: message"`` text; "" when there is none.
 
-    Usage: ``exception_type("Traceback ...\\nValueError: bad input") == "ValueError"``
+    The type heads the first unindented line after the last traceback's frames (the message,
+    secrets included, may run on over more lines): only a dotted name is taken from it.
+
+    Usage: ``exception_type("Traceback ...\\n  File ...\\nValueError: bad\\ninput") == "ValueError"``
     """
-    lines = [line for line in (exc_text or "").strip().splitlines() if line.strip()]
-    return lines[-1].split(":", 1)[0].strip() if lines else ""
+    lines = (exc_text or "").splitlines()
+    start = max((n for n, line in enumerate(lines) if line.startswith("Traceback")), default=-1) + 1
+    line = next((line for line in lines[start:] if line.strip() and not line[0].isspace()), "")
+    name = line.split(":", 1)[0].strip()
+    return name if _TYPE_NAME.fullmatch(name) else ""
 
 
-def _exc_texts(connection: Redis, jobs: list[DashboardJob]) -> list[str | None]:
-    """Each job's exception text, from its latest result: one pipelined round trip for all."""
+def exc_texts(connection: Redis, jobs: list[DashboardJob]) -> list[str | None]:
+    """Each job's exception text (see :func:`exc_text`), from its latest result: one pipelined
+    round trip for all.
+
+    Usage: ``dict(zip(jobs, exc_texts(redis, jobs)))``
+    """
     with connection.pipeline(transaction=False) as pipe:
         for job in jobs:
             pipe.xrevrange(Result.get_key(job.id), "+", "-", count=1)

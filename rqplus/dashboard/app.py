@@ -17,13 +17,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from flask import Flask, jsonify, render_template
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.exceptions import DeserializationError
 from waitress import wasyncore
 from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 from waitress.task import ThreadedTaskDispatcher
 
-from rqplus.connections import connect, redact, redis_url
+from rqplus.connections import connect, redis_url
 from rqplus.dashboard import rqdashboard, security
 from rqplus.dashboard.actions import ActionError
 from rqplus.dashboard.payloads import Masker
@@ -68,7 +70,7 @@ def create_app(url: str | None = None, *, credentials: Credentials | None = None
     app.extensions["rqplus.dashboard"] = Dashboard(connect(chosen), Masker(mask_keys), chosen)
     security.install(app, credentials)
     app.register_blueprint(blueprint)
-    rqdashboard.mount(app, chosen, prefix)
+    rqdashboard.mount(app, prefix)
     _answer_cleanly(app)
     return app
 
@@ -84,9 +86,14 @@ def _answer_cleanly(app: Flask) -> None:
     app.register_error_handler(ActionError, lambda error: answer(error.status, error.message))
     app.register_error_handler(DeserializationError, lambda error: answer(409, "this job's data cannot be read"))
     app.register_error_handler(pickle.UnpicklingError, lambda error: answer(409, "this job's data cannot be read"))
+    # 503 only when Redis is out of reach; a command Redis refuses (WRONGTYPE: a key of another
+    # type where RQ expects its own) is data that cannot be read, with Redis' own words
+    board = app.extensions["rqplus.dashboard"]
+    for unreachable in (RedisConnectionError, RedisTimeoutError):
+        app.register_error_handler(unreachable, lambda error: answer(
+            503, f"Redis at {board.shown_url} cannot be reached: {type(error).__name__}"))
     app.register_error_handler(RedisError, lambda error: answer(
-        503, f"Redis at {redact(app.extensions['rqplus.dashboard'].url)} cannot be reached or read: "
-             f"{type(error).__name__}"))
+        409, f"Redis refused to read this data: {board.masker.text(str(error))}"))
 
 
 class Server:

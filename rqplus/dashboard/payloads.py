@@ -2,8 +2,8 @@
 
 Anyone who can write to Redis can forge a job whose pickled meta, arguments or result runs code
 when unpickled. The dashboard therefore loads every payload with :class:`SafeSerializer`: JSON as
-is, pickles through an unpickler that builds only plain data (containers, numbers, text, dates,
-decimals, UUIDs). Any other class or function named in a pickle becomes a :class:`Withheld`
+is, pickles through an unpickler that builds only plain data and the standard data classes of
+:data:`rqplus.serializers.SAFE_GLOBALS` (dates, decimals, UUIDs, collections). Any other class or function named in a pickle becomes a :class:`Withheld`
 placeholder (shown as ``<not loaded: module.name>``), without being imported or called.
 
 Values under sensitive keys (``password``, ``token``, ``secret``, ``card``, ``cvv``, ``iban`` by
@@ -30,19 +30,12 @@ from redis import Redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from rqplus.serializers import RestrictedUnpickler
+
 #: Environment variable listing the key fragments whose values are masked (comma-separated).
 MASK_KEYS_ENV = "RQPLUS_DASHBOARD_MASK_KEYS"
 DEFAULT_MASK_KEYS = ("password", "token", "secret", "card", "cvv", "iban")
 MASK = "***"
-
-#: The only globals a pickle may name and get built for real: constructors of plain data.
-SAFE_GLOBALS = frozenset({
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"), ("builtins", "complex"),
-    ("builtins", "slice"), ("collections", "OrderedDict"), ("collections", "deque"),
-    ("datetime", "date"), ("datetime", "time"), ("datetime", "datetime"), ("datetime", "timedelta"),
-    ("datetime", "timezone"), ("decimal", "Decimal"), ("uuid", "UUID"),
-})
-
 
 class _WithheldType(type):
     def __repr__(cls) -> str:
@@ -79,16 +72,11 @@ class Withheld(metaclass=_WithheldType):
         return f"<not loaded: {self.origin}>"
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    # The one door through which a pickle reaches code: plain-data constructors pass, anything
-    # else gets a placeholder class named after it.
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in SAFE_GLOBALS:
-            return super().find_class(module, name)
+class _DashboardUnpickler(RestrictedUnpickler):
+    # Plain-data constructors pass; anything else gets a placeholder class named after it, so a
+    # page still shows the rest of the payload.
+    def refused(self, module: str, name: str) -> Any:
         return _WithheldType(name, (Withheld,), {"origin": f"{module}.{name}"})
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent ids are not loaded by the dashboard")
 
 
 class RestrictedPickleSerializer:
@@ -111,7 +99,7 @@ class RestrictedPickleSerializer:
 
         Usage: ``RestrictedPickleSerializer.loads(job_hash[b"meta"])``
         """
-        return _RestrictedUnpickler(io.BytesIO(data)).load()
+        return _DashboardUnpickler(io.BytesIO(data)).load()
 
 
 def _is_json(data: bytes) -> bool:
@@ -199,7 +187,9 @@ class Masker:
     ``'key': 'value'``, as in a job's description or a URL's query).
 
     A key is sensitive when its name contains one of ``keys`` (case-insensitive): masking errs on
-    the side of hiding (``discard`` matches ``card``).
+    the side of hiding (``discard`` matches ``card``). In text, a value that is a container or a
+    call (``password=['a', 'b']``, ``card=Card('4111 1111')``) is masked up to its closing
+    bracket, brackets inside quotes aside; one never closed is masked to the end of the text.
 
     Usage: ``Masker().data({"user": 7, "api_token": "x"}) == {"user": 7, "api_token": "***"}``
     """
@@ -207,15 +197,17 @@ class Masker:
     def __init__(self, keys: Iterable[str] | None = None) -> None:
         self.keys = tuple(k.lower() for k in (mask_keys() if keys is None else keys))
         fragments = "|".join(map(re.escape, self.keys))
-        # a key (optionally quoted) containing a fragment, `=` or `:`, then one quoted or bare value;
-        # a bare value that is itself a sensitive key is left to its own match, so that in
-        # "CardError: card='4111 1111'" the quoted number is masked whole. Linear time: a key
-        # starts only where a word starts, the fragment is looked for inside that word alone, and
-        # the word is then taken whole (possessive: no backtracking into it)
+        # a key (optionally quoted) containing a fragment, `=` or `:`, then one value: a container
+        # or call (its opening bracket; the rest is found by _bracketed_end), a quoted string, or
+        # a bare word; a bare value that is itself a sensitive key is left to its own match, so
+        # that in "CardError: card='4111 1111'" the quoted number is masked whole. Linear time: a
+        # key starts only where a word starts, the fragment is looked for inside that word alone,
+        # and words and quoted strings are taken whole (possessive: no backtracking into them)
         key = rf"""(?<![\w.'"-])['"]?(?=[\w.-]*?(?:{fragments}))[\w.-]++['"]?"""
         self._pattern = re.compile(
             rf"""(?ix) ({key} \s* [=:] \s*)
-                 ( '(?:[^'\\]|\\.)*' | "(?:[^"\\]|\\.)*" | (?!{key} \s* [=:]) [^\s,;&)}}\]]+ )"""
+                 ( (?P<opening>[\w.]*+[\[({{]) | '(?:[^'\\]++|\\.)*+' | "(?:[^"\\]++|\\.)*+"
+                 | (?!{key} \s* [=:]) [^\s,;&)}}\]]+ )"""
         ) if self.keys else None
 
     def sensitive(self, key: Any) -> bool:
@@ -243,11 +235,40 @@ class Masker:
     def text(self, text: str | None) -> str | None:
         """``text`` with the value after each sensitive ``key=`` / ``key:`` replaced by ``***``.
 
-        Usage: ``Masker().text("charge(card='4111')") == "charge(card='***')"``
+        Usage: ``Masker().text("charge(card='4111', tags=['a'])") == "charge(card='***', tags=['a'])"``
         """
         if not text or self._pattern is None:
             return text
-        return self._pattern.sub(lambda m: m.group(1) + _quoted_mask(m.group(2)), text)
+        shown, position = [], 0
+        # each search starts where the last masked value ended: every character is read once
+        while (found := self._pattern.search(text, position)) is not None:
+            value = found.group(2)
+            shown += [text[position:found.start(2)], _quoted_mask(value)]
+            position = _bracketed_end(text, found.end() - 1) if found.group("opening") else found.end()
+        return "".join(shown) + text[position:]
+
+
+#: Inside brackets: a run of other characters, a quoted string (possessive: an unclosed one fails
+#: in one pass), or one bracket.
+_BRACKETED_TOKEN = re.compile(r"""[^][(){}'"]++ | '(?:[^'\\]++|\\.)*+' | "(?:[^"\\]++|\\.)*+" | [][(){}]""",
+                              re.VERBOSE | re.DOTALL)
+_CLOSING = {"(": ")", "[": "]", "{": "}"}
+
+
+def _bracketed_end(text: str, opening: int) -> int:
+    """Where the bracketed value opened at ``text[opening]`` ends: after its matching closing
+    bracket, or at the end of the text when it never closes (or a quote inside never does)."""
+    expected: list[str] = []
+    position = opening
+    while (token := _BRACKETED_TOKEN.match(text, position)) is not None:
+        position, char = token.end(), token.group()
+        if char in _CLOSING:
+            expected.append(_CLOSING[char])
+        elif char == expected[-1]:  # a closing bracket of another kind is skipped: hide more, not less
+            expected.pop()
+            if not expected:
+                return position
+    return len(text)
 
 
 def _quoted_mask(value: str) -> str:

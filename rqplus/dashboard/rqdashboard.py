@@ -1,16 +1,20 @@
 """rq-dashboard 0.9 mounted by rqplus, its gaps closed without forking it.
 
-Two kinds of change, each listed with why:
+Three kinds of change, each listed with why:
 
 * :data:`TEMPLATE_PATCHES`, applied as rq-dashboard's templates are loaded (a Jinja loader in
   front of the blueprint's own). Each must apply, so a release that moves the patched text fails
   at start-up instead of silently reopening a hole.
 * :data:`OVERRIDES`: rq-dashboard endpoints whose view function rqplus replaces, same URL.
+* in :func:`mount`, settings and module functions of rq-dashboard that its own views read: the
+  URL it shows, its Redis client, its serializer, and the page reader :func:`page_of_jobs`.
 
 Usage::
 
     from rqplus.dashboard.rqdashboard import mount
-    mount(app, "redis://127.0.0.1:6379/0", prefix="/rq")
+    from rqplus.dashboard.views import Dashboard
+    app.extensions["rqplus.dashboard"] = Dashboard(connect(url), Masker(), url)   # as create_app does
+    mount(app, prefix="/rq")
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import rq_dashboard
 import rq_dashboard.web as rqd
 from flask import Flask, Response, current_app, jsonify, make_response, render_template, request, url_for
 from jinja2 import BaseLoader, ChoiceLoader, Environment, FileSystemLoader
+from redis import Redis
 from rq import VERSION as RQ_VERSION
 from rq.results import Result
 from rq.utils import as_text
@@ -34,8 +39,16 @@ from rqplus.dashboard import actions
 from rqplus.dashboard.metrics import workers
 from rqplus.dashboard.payloads import DashboardJob, SafeSerializer, shown
 from rqplus.dashboard.views import actor, dashboard
+from rqplus.queue import Queue
 
 RQ_DASHBOARD_TEMPLATES = Path(rq_dashboard.blueprint.root_path) / "templates"
+#: The most jobs a page of rq-dashboard's job lists holds: a larger page size asked for is served
+#: as this one.
+MAX_PAGE_SIZE = 100
+#: Page numbers and sizes in rq-dashboard's URLs: whole numbers >= 1, at most this many digits
+#: (leading zeros aside), so every index computed from them fits Redis' 64-bit integers.
+_PAGE_NUMBER_DIGITS = 15
+_PAGE_NUMBER = re.compile(rf"0*[1-9][0-9]{{0,{_PAGE_NUMBER_DIGITS - 1}}}")
 
 #: (template, pattern, replacement, why), in order. ``"*"`` is every rq-dashboard template.
 TEMPLATE_PATCHES: list[tuple[str, str, str, str]] = [
@@ -83,21 +96,30 @@ class PatchedTemplates(BaseLoader):
         return self.files.list_templates()
 
 
-def mount(app: Flask, url: str, prefix: str) -> None:
-    """Register rq-dashboard's blueprint at ``prefix`` with rqplus' patches and overrides.
+def mount(app: Flask, prefix: str) -> None:
+    """Register rq-dashboard's blueprint at ``prefix`` with rqplus' patches and overrides, reading
+    the Redis of the app's :class:`~rqplus.dashboard.views.Dashboard` (set it first).
 
-    Usage: ``mount(app, redis_url(), "/rq")``
+    Usage: ``mount(app, "/rq")``
     """
-    app.config["RQ_DASHBOARD_REDIS_URL"] = url
+    board = app.extensions["rqplus.dashboard"]
+    # rq-dashboard prints its configured URLs in its instance selector, hiding only a password
+    # written before "@" (not redis-py's ?password=): it is given the URL as shown, and the
+    # dashboard's client instead of one it would build from that URL (its setup_rq_connection)
+    app.config["RQ_DASHBOARD_REDIS_URL"] = (board.shown_url,)
+    app.redis_conn = board.connection
     # rq-dashboard reads its serializer from this module-level setting (its CLI's --serializer):
     # every job it loads itself goes through the safe loader
     rqd.config.serializer = SafeSerializer
     app.config["RQ_DASHBOARD_JSON_ENCODER"] = _ReprEncoder  # job_info's meta may hold non-JSON objects
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=prefix)
-    rqd.setup_rq_connection(app)
+    # rq-dashboard's list_jobs (kept for its pagination links) reads its page through this module
+    # function: the bounded, pipelined page_of_jobs instead (see there)
+    assert callable(rqd.get_queue_registry_jobs_count), "rq-dashboard's get_queue_registry_jobs_count moved"
+    rqd.get_queue_registry_jobs_count = page_of_jobs
     # rq-dashboard's push_rq_connection builds a new Redis client (a new pool, new TCP connections)
     # on every request naming an instance, i.e. every JSON poll, and swaps app.redis_conn under the
-    # other server threads. rqplus serves one Redis: the client made above is kept.
+    # other server threads. rqplus serves one Redis: the dashboard's client set above is kept.
     hooks = app.before_request_funcs.setdefault(rq_dashboard.blueprint.name, [])
     hooks[:] = [_check_instance if hook is rqd.push_rq_connection else hook for hook in hooks]
     assert _check_instance in hooks, "rq-dashboard's push_rq_connection hook moved"
@@ -186,24 +208,54 @@ def job_info(instance_number: int, job_id: str) -> Response:
     return _json(info)
 
 
-# rq-dashboard: descriptions and exception texts as stored, secrets included; HTTP 500 for a page
-# or page size that is not a positive number, or an unknown registry. Here: masked, 404.
+# rq-dashboard: descriptions and exception texts as stored, secrets included; any page size;
+# HTTP 500 for a page or page size that is not a positive number, or an unknown registry, and
+# 503 for one past Redis' 64-bit indexes. Here: masked, at most MAX_PAGE_SIZE jobs, 404.
 def list_jobs(instance_number: int, queue_name: str, registry_name: str, per_page: str, order: str,
               page: str) -> Response:
-    """A page of a queue's or registry's jobs, as rq-dashboard lists them, masked.
+    """A page of a queue's or registry's jobs, as rq-dashboard lists them, masked; a page size
+    above :data:`MAX_PAGE_SIZE` is served as that size, a page past the end is empty.
 
     Usage: ``GET /rq/0/data/jobs/<queue>/<registry>/<per_page>/<order>/<page>.json``
     """
     if registry_name != "queued" and registry_name not in actions.REGISTRIES:
         raise actions.ActionError(404, f"no registry {registry_name!r}: one of queued, {', '.join(actions.REGISTRIES)}")
-    if not (per_page.isdigit() and page.isdigit() and int(per_page) > 0 and int(page) > 0):
-        raise actions.ActionError(404, f"page {page!r} of {per_page!r} jobs: both must be whole numbers >= 1")
-    listing = rqd.list_jobs.__wrapped__(instance_number, queue_name, registry_name, per_page, order, page)
+    if not (_PAGE_NUMBER.fullmatch(per_page) and _PAGE_NUMBER.fullmatch(page)):
+        raise actions.ActionError(404, f"page {page!r} of {per_page!r} jobs: both must be whole numbers from 1 to "
+                                       f"{10 ** _PAGE_NUMBER_DIGITS - 1}")
+    return _json(rqd.list_jobs.__wrapped__(instance_number, queue_name, registry_name,
+                                           min(int(per_page), MAX_PAGE_SIZE), order, int(page)))
+
+
+# rq-dashboard: reads each job of the page in its own round trip (then its latest result in
+# another), and for a page past the end asks for a range that wraps around to the whole list.
+# Here (rq-dashboard's list_jobs calls it for the page it lists): the page's own ids only, its
+# jobs and their latest results in one pipelined round trip each, masked.
+def page_of_jobs(queue_name: str, registry_name: str, offset: int, per_page: int, order: str,
+                 connection: Redis) -> tuple[int, list[dict[str, Any]]]:
+    """How many jobs a queue (``registry_name`` "queued") or one of its registries holds, and the
+    ``per_page`` of them from ``offset`` on (``order`` "dsc": counted from the newest), as
+    rq-dashboard lists them, masked.
+
+    Usage: ``total, jobs = page_of_jobs("emails", "failed", 0, 8, "dsc", redis)``
+    """
+    if registry_name == "queued":
+        key, read = Queue(queue_name, connection=connection).key, connection.lrange
+        total = connection.llen(key)
+    else:
+        key, read = actions.REGISTRIES[registry_name](queue_name, connection=connection).key, connection.zrange
+        total = connection.zcard(key)
+    # the page's bounds, inside the list: negative ones would count from the other end
+    last = total - 1 - offset if order == "dsc" else min(offset + per_page, total) - 1
+    first = max(last - per_page + 1, 0) if order == "dsc" else offset
+    job_ids = [as_text(job_id) for job_id in read(key, first, last)] if first <= last else []
+    jobs = [job for job in actions.fetch_many(connection, job_ids) if job is not None]
     masker = dashboard().masker
-    for job in listing["jobs"]:
-        job["description"] = masker.text(job["description"])
-        job["exc_info"] = masker.text(job.get("exc_info"))
-    return _json(listing)
+    listed = [dict(id=job.id, created_at=rqd.serialize_date(job.created_at),
+                   started_at=rqd.serialize_date(job.started_at), ended_at=rqd.serialize_date(job.ended_at),
+                   exc_info=masker.text(exc_text), description=masker.text(rqd.format_job_description(job)))
+              for job, exc_text in zip(jobs, actions.exc_texts(connection, jobs))]
+    return total, listed[::-1] if order == "dsc" else listed
 
 
 # rq-dashboard: loads each busy worker's job with the stock unpickler and unpickles its arguments

@@ -34,7 +34,8 @@ import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, current_app, g, redirect, render_template, request, session, url_for
+from flask import (Blueprint, Flask, Response, abort, current_app, g, redirect, render_template, request, session,
+                   url_for)
 from werkzeug.exceptions import Forbidden
 
 USERNAME_ENV = "RQPLUS_DASHBOARD_USERNAME"
@@ -169,14 +170,9 @@ def _guard() -> Response | None:
     elif _session_user(credentials):
         g.user = session["user"]
     elif request.authorization and request.authorization.type == "basic":
-        refused = _throttled()
-        if refused is not None:
-            return refused
-        if credentials.match(request.authorization.username, request.authorization.password):
-            g.user = credentials.username
-        else:
-            _count_failure()
+        if not _signed_in(credentials, request.authorization.username, request.authorization.password):
             return _unauthenticated()
+        g.user = credentials.username
     elif request.endpoint not in ("auth.login",):
         return _unauthenticated()
     if request.method not in SAFE_METHODS:
@@ -223,24 +219,29 @@ def _failures_key() -> str:
     return f"{LOGIN_FAILURES_KEY}:{request.remote_addr or '?'}"
 
 
-def _throttled() -> Response | None:
-    """A 429 answer when this client address has failed to sign in too often lately, else None."""
-    connection = _connection()
-    failures = connection.get(_failures_key())
-    if failures is None or int(failures) < LOGIN_FAILURES_LIMIT:
-        return None
-    wait = max(connection.ttl(_failures_key()), 1)
-    return Response(f"too many failed sign-ins from {request.remote_addr}: try again in {wait} s\n", 429,
-                    {"Retry-After": str(wait)}, mimetype="text/plain")
+def _signed_in(credentials: Credentials, username: str | None, password: str | None) -> bool:
+    """True when ``username`` and ``password`` match; raises 429 (right password or not) for a
+    client address that failed :data:`LOGIN_FAILURES_LIMIT` times within the window.
 
-
-def _count_failure() -> None:
-    # INCR + EXPIRE in one transaction: the window restarts at each failure, so a client that keeps
-    # guessing stays refused; plain commands, as Redis 6.2 has them
-    with _connection().pipeline() as pipe:
-        pipe.incr(_failures_key())
-        pipe.expire(_failures_key(), LOGIN_FAILURES_WINDOW)
-        pipe.execute()
+    A failure is counted before it is answered, and the count Redis returns for it decides: one
+    INCR, so guesses sent at once cannot all pass a check made before any of them is counted.
+    """
+    connection, key = _connection(), _failures_key()
+    matched = credentials.match(username, password)
+    if matched:
+        failures_before = int(connection.get(key) or 0)
+    else:
+        # INCR + EXPIRE in one transaction: the window restarts at each failure, so a client that
+        # keeps guessing stays refused; plain commands, as Redis 6.2 has them
+        with connection.pipeline() as pipe:
+            pipe.incr(key)
+            pipe.expire(key, LOGIN_FAILURES_WINDOW)
+            failures_before = pipe.execute()[0] - 1
+    if failures_before >= LOGIN_FAILURES_LIMIT:
+        wait = max(connection.ttl(key), 1)
+        abort(Response(f"too many failed sign-ins from {request.remote_addr}: try again in {wait} s\n", 429,
+                       {"Retry-After": str(wait)}, mimetype="text/plain"))
+    return matched
 
 
 def _check_same_origin() -> None:
@@ -290,17 +291,13 @@ def login() -> Response | str:
         return redirect(target)
     error = None
     if request.method == "POST":
-        refused = _throttled()
-        if refused is not None:
-            return refused
-        if credentials.match(request.form.get("username"), request.form.get("password")):
+        if _signed_in(credentials, request.form.get("username"), request.form.get("password")):
             session.clear()  # no session fixation: the pre-login session and its token are dropped
             session_id = secrets.token_urlsafe(32)
             _connection().set(f"{SESSION_KEY}:{session_id}", credentials.fingerprint(current_app.secret_key),
                               ex=SESSION_LIFETIME)
             session.update(user=credentials.username, sid=session_id)
             return redirect(target)
-        _count_failure()
         error = "Wrong user name or password."
     return render_template("rqplus/login.html", error=error, next=target), 401 if error else 200
 

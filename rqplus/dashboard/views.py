@@ -4,7 +4,7 @@ depth chart, bulk requeue of failed jobs, the audit log, and ``/metrics`` for Pr
 Usage::
 
     from rqplus.dashboard.views import Dashboard, blueprint
-    app.extensions["rqplus.dashboard"] = Dashboard(redis, Masker())
+    app.extensions["rqplus.dashboard"] = Dashboard(redis, Masker(), url)
     app.register_blueprint(blueprint)
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 from flask import Blueprint, Response, current_app, flash, g, redirect, render_template, request, url_for
 from redis import Redis
@@ -37,11 +38,33 @@ FAILED_SHOWN = 100
 
 @dataclass
 class Dashboard:
-    """What every dashboard request needs: the Redis client, the masker, the URL to show."""
+    """What every dashboard request needs: the Redis client, the masker, the Redis URL (shown only
+    as :attr:`shown_url`)."""
 
     connection: Redis
     masker: Masker
     url: str
+
+    @property
+    def shown_url(self) -> str:
+        """The Redis URL as pages show it: without its password, wherever the URL carries it.
+
+        Usage (in a template): ``{{ redis_shown }}``
+        """
+        return shown_url(self.url)
+
+
+def shown_url(url: str) -> str:
+    """``url`` passed through :func:`rqplus.connections.redact`, and also without a password query
+    parameter under a percent-encoded name (``?pass%77ord=``), which redis-py decodes and uses.
+
+    Usage: ``shown_url("redis://db/0?pass%77ord=x") == "redis://db/0?pass%77ord=***"``
+    """
+    base, mark, query = redact(url).partition("?")
+    # redact() matches the name as written only; redis-py's parse_url unquotes names first
+    parameters = (parameter.partition("=") for parameter in query.split("&"))
+    return base + mark + "&".join(name + equals + ("***" if equals and unquote_plus(name).lower() == "password"
+                                                   else value) for name, equals, value in parameters)
 
 
 def dashboard() -> Dashboard:
@@ -62,7 +85,7 @@ def actor() -> actions.Actor:
 
 @blueprint.app_context_processor
 def _template_helpers() -> dict[str, Any]:
-    return {"durability_report": durability_report, "redis_shown": redact(dashboard().url),
+    return {"durability_report": durability_report, "redis_shown": dashboard().shown_url,
             "user": g.get("user"), "auth_enabled": app_credentials() is not None}
 
 
