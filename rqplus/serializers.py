@@ -32,12 +32,13 @@ from rqplus.exceptions import ForbiddenJobError, UnsafePickleError
 #: Environment variable naming further classes (``module.Class``, comma-separated) a worker may unpickle.
 PICKLE_CLASSES_ENV = "RQPLUS_PICKLE_CLASSES"
 
-#: Standard classes whose construction from pickled arguments runs nothing but plain-data code.
+#: Standard classes whose construction from pickled arguments runs nothing but plain-data code, and
+#: builds nothing much larger than the pickle: not ``range`` (``list(range(10**12))``), ``bytes`` or
+#: ``bytearray`` (``bytes(10**12)``), which RQ's protocol-5 pickles never name anyway.
 SAFE_GLOBALS = frozenset({
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"), ("builtins", "complex"),
-    ("builtins", "slice"), ("builtins", "range"), ("builtins", "list"), ("builtins", "dict"),
-    ("builtins", "tuple"), ("builtins", "int"), ("builtins", "float"), ("builtins", "str"), ("builtins", "bytes"),
-    ("builtins", "bool"), ("collections", "OrderedDict"), ("collections", "deque"), ("collections", "Counter"),
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"), ("builtins", "slice"),
+    ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"), ("builtins", "int"), ("builtins", "float"),
+    ("builtins", "str"), ("builtins", "bool"), ("collections", "OrderedDict"), ("collections", "deque"), ("collections", "Counter"),
     ("collections", "defaultdict"), ("collections", "ChainMap"),
     ("datetime", "date"), ("datetime", "time"), ("datetime", "datetime"), ("datetime", "timedelta"),
     ("datetime", "timezone"), ("decimal", "Decimal"), ("fractions", "Fraction"), ("uuid", "UUID"),
