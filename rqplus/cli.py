@@ -14,12 +14,10 @@ from typing import NoReturn
 from urllib.parse import unquote, urlsplit
 
 import click
-from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError, TimeoutError
-from redis.retry import Retry
 
 from rqplus import __version__, durability, stack
-from rqplus.connections import REDIS_URL_ENV, connect, redact, redis_url, url_is_configured
+from rqplus.connections import REDIS_URL_ENV, connect, explain, one_attempt, redact, redis_url, url_is_configured
 from rqplus.defaults import DASHBOARD_HOST, DASHBOARD_PORT, DASHBOARD_PREFIX
 
 #: Seconds ``rqplus check`` waits to connect and for each answer (one attempt, no retries).
@@ -78,10 +76,9 @@ def check(url: str | None) -> None:
         _check_failed(str(error))
     where = f"{redact(chosen)} (from {source})"
     try:
-        client = connect(chosen, socket_connect_timeout=CHECK_TIMEOUT, socket_timeout=CHECK_TIMEOUT,
-                         retry=Retry(NoBackoff(), 0))
+        client = connect(chosen, **one_attempt(CHECK_TIMEOUT))
         try:
-            report = durability.check(client)
+            report = durability.check(client, exposure=True)
         finally:
             client.close()
     except AuthenticationError as error:
@@ -139,7 +136,7 @@ def _render(report: durability.DurabilityReport, where: str) -> str:
 
 def _safe(error: Exception, url: str) -> str:
     """``error`` as one line, with the password of ``url`` masked should the message repeat it."""
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = explain(error)
     password = urlsplit(url).password
     for secret in {password, unquote(password or "")} - {None, ""}:
         text = text.replace(secret, "***")

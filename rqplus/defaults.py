@@ -14,6 +14,9 @@ DEFAULT_DATA_DIR = ".rqplus"
 #: Queues served by ``rqplus up`` when none are named.
 DEFAULT_QUEUES = ("default",)
 
+#: Longest queue name accepted by ``rqplus.Queue`` (a key is built from it for every queue structure).
+MAX_QUEUE_NAME = 1000
+
 #: Largest serialized job (function reference and arguments) accepted at enqueue, in bytes;
 #: ``RQPLUS_MAX_PAYLOAD_BYTES`` overrides it. Big inputs belong in storage, with their key in the job.
 MAX_PAYLOAD_BYTES = 1024 * 1024

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import Any
 from weakref import WeakKeyDictionary
 
 from redis import ConnectionPool, Redis
 from redis.exceptions import ResponseError
 
+from rqplus.connections import answers_anonymously
 from rqplus.exceptions import DurabilityError
 
 UNKNOWN = "unknown"
@@ -40,7 +42,8 @@ class DurabilityReport:
     ``facts`` holds the raw readings: ``aof_enabled``, ``appendfsync``, ``aof_use_rdb_preamble``,
     ``maxmemory_policy``, ``aof_last_write_status``, ``aof_last_bgrewrite_status``,
     ``rdb_last_bgsave_status``, ``loading``, ``role``, ``server`` (redis/valkey), ``version``,
-    ``config_readable``. A value that could not be read is ``"unknown"``.
+    ``config_readable``, ``bind``, ``protected_mode`` (and, from ``check(..., exposure=True)``,
+    ``beyond_loopback``, ``password_required``). A value that could not be read is ``"unknown"``.
     """
 
     problems: list[str] = field(default_factory=list)
@@ -69,7 +72,26 @@ def _read_config(connection: Redis) -> dict[str, str] | None:
         config = connection.config_get("*")
     except ResponseError:  # unknown command (renamed) or NOPERM (ACL / managed Redis)
         return None
-    return {key: config.get(key, UNKNOWN) for key in ("appendonly", "appendfsync", "aof-use-rdb-preamble", "maxmemory-policy")}
+    return {key: config.get(key, UNKNOWN) for key in ("appendonly", "appendfsync", "aof-use-rdb-preamble",
+                                                      "maxmemory-policy", "bind", "protected-mode")}
+
+
+def _is_loopback(address: str) -> bool:
+    """True for a loopback IP address or ``localhost``; False for anything else (``*``, a name)."""
+    try:
+        return ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+def _beyond_loopback(connection: Redis, bind: str) -> bool | str:
+    """Whether the server listens on more than loopback: from its ``bind`` (each address, ``-`` marking
+    an optional one), else (CONFIG unreadable, and INFO does not show ``bind``) True when this client
+    reached it at a non-loopback address, else ``"unknown"``."""
+    if bind != UNKNOWN:
+        return not all(_is_loopback(address.lstrip("-")) for address in bind.split())
+    host = connection.connection_pool.connection_kwargs.get("host")  # None: a unix socket
+    return True if host and not _is_loopback(host) else UNKNOWN
 
 
 def read_facts(connection: Redis) -> dict[str, Any]:
@@ -90,6 +112,8 @@ def read_facts(connection: Redis) -> dict[str, Any]:
         "appendfsync": config["appendfsync"] if config else UNKNOWN,
         "aof_use_rdb_preamble": config["aof-use-rdb-preamble"] if config else UNKNOWN,
         "maxmemory_policy": config["maxmemory-policy"] if config else info.get("maxmemory_policy", UNKNOWN),
+        "bind": config["bind"] if config else UNKNOWN,
+        "protected_mode": config["protected-mode"] if config else UNKNOWN,
     }
     for status in ("aof_last_write_status", "aof_last_bgrewrite_status", "rdb_last_bgsave_status"):
         facts[status] = info.get(status, UNKNOWN)
@@ -139,6 +163,15 @@ def judge(facts: dict[str, Any]) -> DurabilityReport:
         warn(f"Redis {facts['version']} has no LMOVE (6.2+): RQ's reliable fetch degrades to LPOP, so a "
              "worker killed mid-fetch can lose a job. Upgrade to Redis 6.2+")
 
+    if facts.get("password_required") is False and facts.get("beyond_loopback") is True:
+        warn(f"Redis runs commands for clients without a password (the default user is on with nopass) and "
+             f"listens beyond loopback (bind {facts['bind']}): anyone who reaches its port can read, delete and "
+             "forge jobs. Fix: ACL users with passwords and `user default off` (deploy/users.acl), "
+             "or `bind 127.0.0.1 -::1`")
+    if facts.get("protected_mode") == "no":
+        warn("protected-mode is off: a Redis without a password and without `bind` then serves every network "
+             "it is on. Fix: `protected-mode yes`")
+
     fsync = facts["appendfsync"]
     if fsync == UNKNOWN and facts["aof_enabled"]:
         warn("appendfsync cannot be read here (CONFIG is renamed or forbidden): an OS crash may lose up to "
@@ -149,14 +182,21 @@ def judge(facts: dict[str, Any]) -> DurabilityReport:
     return report
 
 
-def check(connection: Redis) -> DurabilityReport:
+def check(connection: Redis, exposure: bool = False) -> DurabilityReport:
     """Read and judge the durability of the Redis behind ``connection``.
 
-    Raises redis-py's ``ConnectionError`` when Redis cannot be reached.
+    ``exposure`` (what ``rqplus check`` does) also asks, on a second connection without credentials,
+    whether the server runs commands for anyone (facts ``password_required`` and ``beyond_loopback``),
+    warning when it does and listens beyond loopback. Raises redis-py's ``ConnectionError`` when
+    Redis cannot be reached.
 
     Usage: ``check(Redis.from_url(url)).ok``
     """
-    return judge(read_facts(connection))
+    facts = read_facts(connection)
+    if exposure:
+        facts["beyond_loopback"] = _beyond_loopback(connection, facts["bind"])
+        facts["password_required"] = not answers_anonymously(connection)
+    return judge(facts)
 
 
 #: How long :func:`cached_check` trusts a report, in seconds: enqueues stay fast, and a Redis that

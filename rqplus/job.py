@@ -15,11 +15,16 @@ Usage::
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any, Callable
 
 from rq.job import Job as RQJob
 
 from rqplus.allowlist import resolve, resolve_job_function
+from rqplus.compat import PERFORM_WRITES
+from rqplus.faults import wait_out
+
+logger = logging.getLogger("rq.job")
 
 
 class Job(RQJob):
@@ -30,6 +35,21 @@ class Job(RQJob):
     def func(self) -> Callable[..., Any] | None:
         func_name = self.func_name
         return None if func_name is None else resolve_job_function(func_name, self.instance)
+
+    # RQ change: equal to a job of the class this one was judged from (RQ: of its own class only),
+    # so a worker's jobs compare equal to the caller's (judged_job_class mixes this class in).
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RQJob) and isinstance(self, type(other)) and self.id == other.id
+
+    __hash__ = RQJob.__hash__
+
+    # RQ change (rq 2.12): perform() starts with a PERSIST on the job key, which no worker hook
+    # covers; a Redis fault there failed a job that never ran. It is sent here first, with Redis
+    # faults waited out, so RQ's own PERSIST right after finds Redis serving.
+    def perform(self) -> Any:
+        if PERFORM_WRITES:
+            wait_out(lambda: self.connection.persist(self.key), logger, f"Job {self.id}")
+        return super().perform()
 
     # RQ change: callbacks too, by name at every call (RQ caches whatever import_attribute found).
     @property

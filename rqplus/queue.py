@@ -17,24 +17,62 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import RedisError
 from rq import Queue as RQQueue
 from rq.defaults import DEFAULT_FAILURE_TTL
 from rq.exceptions import DequeueTimeout
 from rq.intermediate_queue import IntermediateQueue
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.queue import EnqueueData
-from rq.utils import current_timestamp
+from rq.utils import as_text, current_timestamp, parse_timeout, str_to_date, utcformat
 
-from rqplus.defaults import DEFAULT_PRIORITY, MAX_PAYLOAD_BYTES
+from rqplus.compat import RateLimitRegistry, rate_limited
+from rqplus.defaults import DEFAULT_PRIORITY, MAX_PAYLOAD_BYTES, MAX_QUEUE_NAME
 from rqplus.durability import require_durable
+from rqplus.faults import REDIS_DOWN, TRANSIENT, wait_out
 from rqplus.priority import PRIORITY_KEY, priority_of, with_priority
-from rqplus.scripts import priority_insert, reliable_fetch, wake_key
+from rqplus.scripts import enqueue, priority_insert, quarantine, reliable_fetch, wake_key
+
+#: The job hash fields RQ parses when it loads a job, each with a parser of its text: a job whose
+#: hash fails one of them is quarantined with a reason naming the field.
+JOB_FIELDS = {
+    "created_at": str_to_date, "enqueued_at": str_to_date, "started_at": str_to_date, "ended_at": str_to_date,
+    "last_heartbeat": str_to_date, "timeout": parse_timeout, "result_ttl": int, "failure_ttl": int,
+    "status": JobStatus,
+}
+
+
+def check_job_function(func: object) -> None:
+    """Raise ``TypeError`` unless ``func`` is a callable or a dotted path (RQ fails later, and less clearly).
+
+    Usage: ``check_job_function("tasks.emails.send_email")``
+    """
+    if not (isinstance(func, str) or callable(func)):
+        raise TypeError(f"the job function (enqueue's first argument `f`, or `func`) must be a callable or its "
+                        f"dotted path as a str, not {type(func).__name__}: {func!r}")
+
+
+def check_queue_name(name: object) -> None:
+    """Raise ``ValueError`` (``TypeError`` for a non-str) unless ``name`` can name a queue.
+
+    Colons are allowed (``emails:high``) except where a name would become another queue's
+    derived key: RQ keeps a queue's intermediate list at ``rq:queue:<name>:intermediate``.
+
+    Usage: ``check_queue_name("emails")``
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"a queue name is a str, not {type(name).__name__}: {name!r}")
+    if not name.strip():
+        raise ValueError(f"queue name {name!r} is empty: name the queue, e.g. Queue('emails')")
+    if len(name) > MAX_QUEUE_NAME:
+        raise ValueError(f"queue name of {len(name)} characters is over the {MAX_QUEUE_NAME} character limit")
+    if name.endswith(":intermediate"):
+        raise ValueError(f"queue name {name!r} ends with ':intermediate', the key RQ derives for queue "
+                         f"{name.rsplit(':', 1)[0]!r}'s intermediate list: choose another name")
 
 
 class Queue(RQQueue):
@@ -49,7 +87,12 @@ class Queue(RQQueue):
     :mod:`rqplus.durability`): enqueue raises ``rqplus.DurabilityError`` and writes nothing.
     """
 
+    #: Seconds an enqueue keeps re-sending while Redis is unreachable: its reply may be lost after
+    #: Redis wrote it, and the enqueue script recognises a re-sent enqueue (no second job).
+    enqueue_retry_seconds: float = 30.0
+
     def __init__(self, name: str = "default", *args: Any, durable: bool = False, **kwargs: Any):
+        check_queue_name(name)
         super().__init__(name, *args, **kwargs)
         self.durable = durable
 
@@ -66,6 +109,7 @@ class Queue(RQQueue):
 
         Usage: ``queue.enqueue(send_email, "a@example.com", "Hi", "Hello", priority=0)``
         """
+        check_job_function(f)
         kwargs["meta"] = with_priority(kwargs.get("meta"), priority)
         return super().enqueue(f, *args, **kwargs)
 
@@ -82,6 +126,7 @@ class Queue(RQQueue):
 
         Usage: ``queue.enqueue_at(datetime(2030, 1, 1, tzinfo=UTC), report, priority=2)``
         """
+        check_job_function(f)
         kwargs["meta"] = with_priority(kwargs.get("meta"), priority)
         return super().enqueue_at(datetime, f, *args, **kwargs)
 
@@ -94,18 +139,30 @@ class Queue(RQQueue):
         kwargs["meta"] = with_priority(kwargs.get("meta"), priority)
         return RQQueue.prepare_data(*args, **kwargs)
 
-    # RQ change: RQ registers the queue (SADD rq:queues) in a round trip of its own before the
-    # job's MULTI/EXEC; for a plain enqueue both go in one transaction: a round trip fewer, and a
-    # refused enqueue (out of memory, read-only) registers nothing either.
+    # RQ change: RQ registers the queue (SADD rq:queues) in a round trip of its own, then saves the
+    # job and pushes its id in a MULTI/EXEC; a plain enqueue here is one script (``ENQUEUE`` in
+    # rqplus.scripts): it checks the queue and job keys before it writes (a refused enqueue writes
+    # nothing), and it is re-sent while Redis is unreachable, up to ``enqueue_retry_seconds``,
+    # without ever creating the job twice (RQ's MULTI, re-sent by redis-py, pushes the id twice).
     def enqueue_job(self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False,
                     unique: bool = False) -> Job:
-        if pipeline is not None or unique or job._dependency_ids or not self._is_async:
+        if pipeline is not None or unique or job._dependency_ids or not self._is_async or rate_limited(job):
             return super().enqueue_job(job, pipeline=pipeline, at_front=at_front, unique=unique)
-        job.origin = self.name
-        with self.connection.pipeline() as pipe:
-            pipe.sadd(self.redis_queues_keys, self.key)
-            self._enqueue_job(job, pipeline=pipe, at_front=at_front)
-            pipe.execute()
+        self.log.debug("Enqueueing job %s to queue %s (at_front=%s)", job.id, self.name, at_front)
+        self._prepare_for_queue(job)
+        recorder = self.connection.pipeline()  # never executed: it records RQ's own writes for the job
+        self._persist_job(job, recorder)
+        writes = [word for command, _ in recorder.command_stack for word in (len(command), *command)]
+        recorder.reset()
+        keys = (self.key, self.wake_key, job.key, self.redis_queues_keys)
+        prefix = self.job_class.redis_job_namespace_prefix
+
+        def send() -> int:
+            return enqueue(self.connection, keys, job.id, prefix, DEFAULT_PRIORITY, at_front,
+                           utcformat(job.enqueued_at), writes)
+
+        wait_out(send, self.log, f"Enqueue of job {job.id}", first=0.5, faults=REDIS_DOWN,
+                 give_up_after=self.enqueue_retry_seconds)
         return job
 
     # RQ change: every job is checked before anything is written: a validated priority in its
@@ -114,6 +171,7 @@ class Queue(RQQueue):
     # durable queue, a durable Redis. (RQ finds bad arguments only while saving, after it has
     # already registered the queue.)
     def create_job(self, *args: Any, **kwargs: Any) -> Job:
+        check_job_function(args[0] if args else kwargs.get("func"))
         kwargs["meta"] = with_priority(kwargs.get("meta"), None)
         job = super().create_job(*args, **kwargs)
         self._check_payload(job)
@@ -145,6 +203,28 @@ class Queue(RQQueue):
         prefix = self.job_class.redis_job_namespace_prefix
         priority_insert(connection, self.key, self.wake_key, job_id, prefix, DEFAULT_PRIORITY, at_front)
         self.log.debug("Pushed job %s into %s in priority order", job_id, self.name)
+
+    # RQ change (rq 3.0): a rate-limited job waits as rate_limited (saved by RQ's job.save(), so its
+    # priority field is written here), and RQ's admission script pushes it at the tail; one
+    # admitted at once is moved to its priority's place.
+    def _enqueue_rate_limited_job(self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False) -> Job:
+        since = utcformat(datetime.now(UTC))
+        job = super()._enqueue_rate_limited_job(job, pipeline=pipeline, at_front=at_front)
+        (pipeline if pipeline is not None else self.connection).hset(job.key, PRIORITY_KEY, priority_of(job))
+        if pipeline is None:
+            reposition_admitted(self.connection, job, since)
+        return job
+
+    # RQ change (rq 3.0): dependents made ready are pushed by RQ's ReadyJobRegistry with a stock
+    # Queue (at the tail, no priority field); each is then moved to its priority's place.
+    def enqueue_ready_jobs_by_queue(self, job_ids_by_queue_name: dict[str, list[str]]) -> None:
+        super().enqueue_ready_jobs_by_queue(job_ids_by_queue_name)
+        for name, job_ids in job_ids_by_queue_name.items():
+            queue = self.__class__(name, connection=self.connection, job_class=self.job_class,
+                                   serializer=self.serializer)
+            for job in self.job_class.fetch_many(job_ids, connection=self.connection, serializer=self.serializer):
+                if job is not None:
+                    queue.reposition(job.id, at_front=bool(job.enqueue_at_front), priority=priority_of(job))
 
     # RQ change: unique=True saves and pushes in RQ's own Lua script (plain RPUSH/LPUSH, no
     # priority field), so the job is moved to its priority's place right after.
@@ -206,31 +286,69 @@ class Queue(RQQueue):
             if remaining <= 0 or connection.blpop([wake_key(name) for name in names], remaining) is None:
                 raise DequeueTimeout(timeout, queue_keys)
 
-    # RQ change: a job hash that cannot be loaded (say, a forged or corrupted field) makes RQ's
-    # dequeue raise and the worker quit; here that id is moved from the intermediate list to the
-    # failed registry with the reason, and the worker goes on with the next job.
+    # RQ change: a job that cannot be loaded (a forged or corrupted field, a job key that is no
+    # hash) makes RQ's dequeue raise and the worker quit, exit code 0; here that id is moved from
+    # the intermediate list to the failed registry with the reason, and the worker goes on with the
+    # next job. Redis faults still propagate (the worker waits them out).
     @classmethod
     def dequeue_any(cls, queues: Any, timeout: int | None, connection: Redis, *args: Any, **kwargs: Any):
         while True:
             try:
                 return super().dequeue_any(queues, timeout, connection, *args, **kwargs)
-            except (DequeueTimeout, RedisError):
+            except (DequeueTimeout, *TRANSIENT):
                 raise
             except Exception as error:
                 job_id, queue = getattr(error, "job_id", None), getattr(error, "queue", None)
                 if job_id is None or queue is None:
                     raise
-                queue.quarantine(job_id, f"{type(error).__name__}: {error}")
+                queue.quarantine(job_id, queue.unreadable(job_id) or f"{type(error).__name__}: {error}")
+
+    def unreadable(self, job_id: str) -> str | None:
+        """Why the job ``job_id`` cannot be loaded, naming the key or field at fault; None if it can.
+
+        Usage: ``queue.unreadable(job_id)  # -> "job hash field 'data' is missing ..."``
+        """
+        key = self.job_class.key_for(job_id)
+        kind = as_text(self.connection.type(key))
+        if kind != "hash":
+            return None if kind == "none" else f"job key {key} holds a {kind}, not a job hash"
+        fields = {as_text(name): value for name, value in self.connection.hgetall(key).items()}
+        if not fields.get("data"):
+            return f"job hash field 'data' (the function and its arguments) is missing or empty in {key}"
+        for name, parse in JOB_FIELDS.items():
+            if fields.get(name):
+                try:
+                    parse(as_text(fields[name]))
+                except Exception as error:
+                    return f"job hash field {name!r} is unreadable ({as_text(fields[name])!r}): {error}"
+        return None
 
     def quarantine(self, job_id: str, reason: str) -> None:
-        """Move an unreadable job from the intermediate list to the failed registry, saying why.
+        """Move an unreadable job from the intermediate list to the failed registry, saying why
+        (in the job hash's ``exc_info``). A job key that is no hash is first renamed aside
+        (``rqplus:corrupt:<id>``).
 
-        Usage: ``queue.quarantine(job_id, "ValueError: bad created_at")``
+        Usage: ``queue.quarantine(job_id, "job hash field 'timeout' is unreadable ...")``
         """
-        with self.connection.pipeline() as pipeline:
-            pipeline.lrem(self.intermediate_queue_key, 1, job_id)
-            pipeline.zadd(self.failed_job_registry.key, {job_id: current_timestamp() + DEFAULT_FAILURE_TTL})
-            pipeline.hset(self.job_class.key_for(job_id), mapping={"status": "failed", "exc_info": reason})
-            pipeline.execute()
+        keys = (self.intermediate_queue_key, self.failed_job_registry.key, self.job_class.key_for(job_id))
+        quarantine(self.connection, keys, job_id, current_timestamp() + DEFAULT_FAILURE_TTL, reason, self.name)
         self.log.error("Job %s of queue %s cannot be read (%s): moved to the failed registry", job_id, self.name,
                        reason)
+
+
+def reposition_admitted(connection: Redis, job: Job, since: str) -> int:
+    """Move the jobs that rq 3.0's ``RateLimit`` of ``job`` admitted at or after ``since`` (an
+    ``enqueued_at`` stamp) from the tail, where RQ's admission script pushed them, to their
+    priority's place; returns how many moved. Bounded by the limit's concurrency.
+
+    Usage: ``reposition_admitted(redis, finished_job, since)``
+    """
+    if not rate_limited(job):
+        return 0
+    moved = 0
+    for job_id in RateLimitRegistry.from_job(job).get_allowed_job_ids():
+        origin, status, enqueued_at, at_front = connection.hmget(Job.key_for(job_id), "origin", "status",
+                                                                 "enqueued_at", "enqueue_at_front")
+        if origin and status == JobStatus.QUEUED.value.encode() and enqueued_at and as_text(enqueued_at) >= since:
+            moved += Queue(as_text(origin), connection=connection).reposition(job_id, at_front=at_front == b"1")
+    return moved

@@ -96,30 +96,34 @@ class Rescue:
 
     queue: str
     job_id: str
-    outcome: str  # "requeued", "failed" (too many rescues) or "unstuck" (from an intermediate list)
+    outcome: str  # "requeued", "failed" (too many rescues), "unstuck" (from an intermediate list) or "quarantined"
     rescues: int
 
 
 def rescue_abandoned(
-    connection: Redis, queues: Sequence[Queue], max_rescues: int, intermediate_grace: float = INTERMEDIATE_GRACE
+    connection: Redis, queues: Sequence[Queue], max_rescues: int, intermediate_grace: float = INTERMEDIATE_GRACE,
+    restart_grace: float = 0,
 ) -> list[Rescue]:
     """Put back every job of ``queues`` held by a dead rqplus worker; return what was done.
 
     Safe to run from many workers at once: each job is claimed by exactly one atomic script.
+    Nothing is put back while Redis has been up less than ``restart_grace`` seconds: liveness keys
+    expire while Redis is down (its clock runs on), and live workers need a beat to renew them.
 
-    Usage: ``rescue_abandoned(redis, [queue], max_rescues=3)``
+    Usage: ``rescue_abandoned(redis, [queue], max_rescues=3, restart_grace=20)``
     """
     if not queues:
         return []
     keys = [key for q in queues for key in (q.started_job_registry.key, q.intermediate_queue_key)]
     found = connection.eval(FIND_ABANDONED, len(keys), *keys, EXECUTION_KEY_PREFIX, WORKER_KEY_PREFIX)
+    settling = bool(found) and restart_grace > 0 and int(connection.info("server")["uptime_in_seconds"]) < restart_grace
     done = []
     for index, entry, job_id, worker in zip(found[0::4], found[1::4], found[2::4], found[3::4]):
         queue, entry, job_id, worker = queues[int(index) - 1], as_text(entry), as_text(job_id), as_text(worker)
         if entry:
-            rescue = _rescue_started(connection, queue, entry, job_id, worker, max_rescues)
+            rescue = None if settling else _rescue_started(connection, queue, entry, job_id, worker, max_rescues)
         else:
-            rescue = _rescue_stuck(connection, queue, job_id, intermediate_grace)
+            rescue = _rescue_stuck(connection, queue, job_id, intermediate_grace, requeue=not settling)
         if rescue:
             logger.warning("Rescued job %s of queue %s: %s (rescues: %d)", job_id, queue.name, rescue.outcome,
                            rescue.rescues)
@@ -175,14 +179,21 @@ def _record_poison_pill(connection: Redis, job: Job, worker: str, max_rescues: i
         pipeline.execute()
 
 
-def _rescue_stuck(connection: Redis, queue: Queue, job_id: str, grace: float) -> Rescue | None:
-    """An id moved to the intermediate list but never started: put back once it has sat for ``grace`` s."""
+def _rescue_stuck(connection: Redis, queue: Queue, job_id: str, grace: float, requeue: bool) -> Rescue | None:
+    """An id moved to the intermediate list but never started: put back (if ``requeue``) once it has sat
+    for ``grace`` s, or quarantined if its job cannot be loaded (RQ's dequeue skips such an id)."""
     intermediate = IntermediateQueue(queue.key, connection)
     intermediate.set_first_seen(job_id)
     first_seen = intermediate.get_first_seen(job_id)
     if first_seen is None or time.time() - first_seen.timestamp() < grace:
         return None
-    if _run_rescue(connection, queue, queue.intermediate_queue_key, job_id, "", "", 0, 0) == -2:
+    reason = queue.unreadable(job_id)
+    if reason is not None:
+        queue.quarantine(job_id, reason)
+        outcome = "quarantined"
+    elif not requeue or _run_rescue(connection, queue, queue.intermediate_queue_key, job_id, "", "", 0, 0) == -2:
         return None
+    else:
+        outcome = "unstuck"
     connection.delete(intermediate.get_first_seen_key(job_id))
-    return Rescue(queue.name, job_id, "unstuck", 0)
+    return Rescue(queue.name, job_id, outcome, 0)

@@ -7,10 +7,14 @@ runs :class:`PriorityScheduler` in place of RQ's built-in scheduler.
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 from rq.job import Job
 from rq.scheduler import RQScheduler
 from rq.utils import current_timestamp
 
+from rqplus.faults import wait_out
 from rqplus.queue import Queue
 
 
@@ -19,9 +23,23 @@ class PriorityScheduler(RQScheduler):
 
     queue_class: type[Queue] = Queue
 
-    # RQ change: RQScheduler hard-codes rq.Queue, whose push appends at the tail; the same loop
-    # here pushes through rqplus.Queue's ordered insert.
+    # RQ change: Redis faults (unreachable, loading, out of memory) are waited out in each step of
+    # the scheduler's loop; RQ's scheduler process dies on them and is started again only at the
+    # worker's next maintenance pass (10 minutes by default).
+    def acquire_locks(self, *args: Any, **kwargs: Any) -> Any:
+        return wait_out(partial(super().acquire_locks, *args, **kwargs), self.log, "Scheduler")
+
+    # RQ change: see acquire_locks.
+    def heartbeat(self) -> None:
+        wait_out(super().heartbeat, self.log, "Scheduler")
+
+    # RQ change: see acquire_locks.
     def enqueue_scheduled_jobs(self) -> None:
+        wait_out(self._enqueue_due_jobs, self.log, "Scheduler")
+
+    # RQScheduler hard-codes rq.Queue, whose push appends at the tail; the same loop here pushes
+    # through rqplus.Queue's ordered insert.
+    def _enqueue_due_jobs(self) -> None:
         self._status = self.Status.WORKING
         if not self._scheduled_job_registries and self._acquired_locks:
             self.prepare_registries()

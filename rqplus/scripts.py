@@ -23,10 +23,13 @@ TAIL_SHIFT = 128
 # O(log n) probes plus LINSERT's walk from the head to the slot (or, for a slot at most
 # TAIL_SHIFT jobs from the tail, popping and re-pushing those); the common case (the new job is
 # the least urgent present) is a plain RPUSH after one probe of the tail.
-# A job's priority is the field `priority` of its hash (prefix .. id); `default` where absent.
+# A job's priority is the field `priority` of its hash (prefix .. id); `default` where absent, and
+# where the key is no hash (a corrupt entry must not stop every enqueue: workers quarantine it).
 _INSERT = """
 local function priority(prefix, default, id)
-  return tonumber(redis.call('HGET', prefix .. id, 'priority')) or default
+  local value = redis.pcall('HGET', prefix .. id, 'priority')
+  if type(value) == 'table' then return default end
+  return tonumber(value) or default
 end
 
 -- mode "back": after the last job of equal or more urgent priority;
@@ -83,6 +86,59 @@ local queue, wake, job_id, prefix, default = KEYS[1], KEYS[2], ARGV[1], ARGV[2],
 if ARGV[5] == 'move' and redis.call('LREM', queue, -1, job_id) == 0 then return -1 end
 if ARGV[6] ~= '' then redis.call('HSET', prefix .. job_id, 'priority', ARGV[6]) end
 return insert(queue, wake, job_id, prefix, default, ARGV[4])
+"""
+
+# Enqueues a job in one step, so that nothing is written unless all of it is: checks first, then
+# RQ's own writes for the job (recorded on a pipeline that is never executed), then the ordered
+# insert. Re-sending it after a lost reply (redis-py retries, or rqplus') enqueues nothing twice.
+# KEYS[1] = the queue list, KEYS[2] = its wake-up list, KEYS[3] = the job hash,
+# KEYS[4] = the set of known queues (rq:queues)
+# ARGV[1] = job id, ARGV[2] = job hash key prefix, ARGV[3] = default priority, ARGV[4] = "back" or "front"
+# ARGV[5] = the job's enqueued_at (RQ stamps it to the microsecond at each enqueue): a job hash
+#           already holding it is this very enqueue, re-sent, and nothing is done
+# ARGV[6...] = the job's writes: for each, its number of words, then the words (command and arguments)
+# Returns 1 when enqueued, 0 for a re-sent enqueue; an error, with nothing written, when the
+# queue key is no list or the job key holds something other than a hash.
+ENQUEUE = _INSERT + """
+local queue, wake, job_key = KEYS[1], KEYS[2], KEYS[3]
+local queue_type = redis.call('TYPE', queue).ok
+if queue_type ~= 'list' and queue_type ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. queue .. ' holds a ' .. queue_type .. ', not a queue list: nothing enqueued')
+end
+local job_type = redis.call('TYPE', job_key).ok
+if job_type == 'hash' then
+  if redis.call('HGET', job_key, 'enqueued_at') == ARGV[5] then return 0 end
+elseif job_type ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. job_key .. ' holds a ' .. job_type .. ', not a job hash: nothing enqueued')
+end
+local i = 6
+while i <= #ARGV do
+  local words = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + words))
+  i = i + words + 1
+end
+redis.call('SADD', KEYS[4], queue)
+insert(queue, wake, ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4])
+return 1
+"""
+
+# Moves an unreadable job aside: out of the intermediate list, into the failed registry, with the
+# reason in the job hash's `exc_info` (where RQ and the dashboard look). A job key holding
+# something other than a hash is first renamed aside, kept for inspection, and a hash put there.
+# KEYS[1] = the intermediate list, KEYS[2] = the failed registry, KEYS[3] = the job key,
+# KEYS[4] = where a job key that is no hash is moved (see `corrupt_key`)
+# ARGV[1] = job id, ARGV[2] = failed registry score (expiry time), ARGV[3] = the reason,
+# ARGV[4] = the queue's name (the `origin` of a hash put in place of a non-hash)
+QUARANTINE = """
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+local kind = redis.call('TYPE', KEYS[3]).ok
+if kind ~= 'hash' and kind ~= 'none' then
+  redis.call('RENAME', KEYS[3], KEYS[4])
+  redis.call('HSET', KEYS[3], 'origin', ARGV[4])
+end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[3], 'status', 'failed', 'exc_info', ARGV[3])
+return 1
 """
 
 # Reliable multi-queue fetch: moves the head of the first non-empty queue (in the order given)
@@ -174,6 +230,11 @@ return rescues
 """
 
 
+def corrupt_key(job_id: str) -> str:
+    """Where a job key that holds no hash is kept when its job is quarantined."""
+    return f"rqplus:corrupt:{job_id}"
+
+
 def wake_key(queue_name: str) -> str:
     """The wake-up list of a queue: one token per push, for workers blocked on several queues."""
     return f"rqplus:wake:{queue_name}"
@@ -210,6 +271,26 @@ def priority_insert(
         "move" if move else "",
         "" if record_priority is None else record_priority,
     )
+
+
+def enqueue(connection: Redis, keys: tuple[str, str, str, str], job_id: str, job_key_prefix: str,
+            default_priority: int, at_front: bool, enqueued_at: str, writes: list) -> int:
+    """Run ``ENQUEUE``: ``keys`` are (queue, wake-up list, job hash, rq:queues); ``writes`` the job's
+    commands, flattened as ``[word count, *words, ...]``. 1 enqueued, 0 already enqueued (re-sent).
+
+    Usage: ``enqueue(redis, keys, job.id, "rq:job:", 5, False, "2030-01-01T00:00:00.000000Z", writes)``
+    """
+    return connection.eval(ENQUEUE, len(keys), *keys, job_id, job_key_prefix, default_priority,
+                           "front" if at_front else "back", enqueued_at, *writes)
+
+
+def quarantine(connection: Redis, keys: tuple[str, str, str], job_id: str, score: int, reason: str,
+               queue_name: str) -> None:
+    """Run ``QUARANTINE``: ``keys`` are (intermediate list, failed registry, job key).
+
+    Usage: ``quarantine(redis, keys, job_id, expiry, "field 'data' is missing", "emails")``
+    """
+    connection.eval(QUARANTINE, 4, *keys, corrupt_key(job_id), job_id, score, reason, queue_name)
 
 
 def reliable_fetch(connection: Redis, queue_keys: list[str], intermediate_keys: list[str]) -> tuple[bytes, bytes] | None:

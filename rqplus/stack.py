@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
 from redis import Redis
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError
 
-from rqplus.connections import REDIS_URL_ENV, connect, is_reachable, redact, redis_url, url_is_configured
+from rqplus.connections import REDIS_URL_ENV, connect, explain, is_reachable, redact, redis_url, url_is_configured
 from rqplus.defaults import DASHBOARD_HOST, DEFAULT_DATA_DIR, DEFAULT_QUEUES, DEFAULT_REDIS_URL
 from rqplus.durability import check
 from rqplus.embedded import DURABLE_CONFIG, RedisServer, RedisServerError
@@ -83,6 +83,8 @@ def why_not_redis(url: str) -> str | None:
         return None if is_reachable(url) else "nothing answers"
     except AuthenticationError as error:
         return f"it refused the credentials ({error})"
+    except ConnectionError as error:  # its TLS certificate did not verify
+        return f"its certificate was refused ({explain(error)})"
     except RedisError as error:  # e.g. a server that does not speak Redis
         return f"it does not answer as a Redis ({error})"
     except ValueError as error:  # e.g. a port that is not a number

@@ -3,10 +3,11 @@
 #   (a) stock rq (baseline), (b) with rqplus.Queue/rqplus.Worker in place of rq's Queue/Worker
 #       in the test suite's imports (rq itself is not patched; see scripts/rq_dropin_plugin.py).
 # Fails (exit 1) if a test that passes on stock rq fails with rqplus and is not listed in
-# scripts/rq_dropin_known_differences.txt (deliberate differences, one node id per line + "# reason").
+# scripts/rq_dropin_known_differences-<rq major.minor>.txt (deliberate differences, one node id per
+# line + "# reason"), e.g. rq_dropin_known_differences-3.0.txt for rq 3.0.x.
 #
 # Usage:   scripts/rq_dropin.sh [extra pytest args, e.g. -k test_queue or tests/test_queue.py]
-# Env:     RQ_DROPIN_WORK=dir          work dir (default: <repo>/.rqplus/rq-suite, not committed)
+# Env:     RQ_DROPIN_WORK=dir          work dir (default: <repo>/.rqplus/rq-suite-<rq version>, not committed)
 #          RQ_DROPIN_SLOW=1            also run RQ's @slow tests (RUN_SLOW_TESTS_TOO)
 #          RQ_DROPIN_SKIP_BASELINE=1   reuse the previous baseline results (same rq version)
 #          RQ_DROPIN_TEST_TIMEOUT=secs per-test limit (pytest-timeout, SIGALRM; default 120; 0 = none)
@@ -20,8 +21,6 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SCRIPTS="$ROOT/scripts"
-KNOWN="$SCRIPTS/rq_dropin_known_differences.txt"
-WORK="${RQ_DROPIN_WORK:-$ROOT/.rqplus/rq-suite}"
 RUN_TIMEOUT="${RQ_DROPIN_RUN_TIMEOUT:-600}"
 TEST_TIMEOUT="${RQ_DROPIN_TEST_TIMEOUT:-120}"
 PSUTIL_PIN="psutil==7.2.2"   # the only test dependency of RQ's suite not already installed (rq's dev group: psutil>=7)
@@ -33,6 +32,12 @@ fi
 PY="$(command -v python)"
 
 RQ_VERSION="$("$PY" -c 'import rq; print(rq.__version__)')"
+KNOWN="$SCRIPTS/rq_dropin_known_differences-${RQ_VERSION%.*}.txt"
+WORK="${RQ_DROPIN_WORK:-$ROOT/.rqplus/rq-suite-$RQ_VERSION}"
+if [[ ! -f "$KNOWN" ]]; then
+  printf '[rq_dropin] no list of known differences for rq %s: %s is missing\n' "$RQ_VERSION" "$KNOWN" >&2
+  exit 2
+fi
 SUITE="$WORK/rq-$RQ_VERSION"
 mkdir -p "$WORK/dist" "$WORK/site"
 printf '*\n' > "$WORK/.gitignore"   # never commit the work dir

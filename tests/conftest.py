@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,11 +16,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 from redis import Redis
 
-from rqplus.embedded import RedisServer
+from rqplus.embedded import DURABLE_CONFIG, RedisServer, free_port
 from rqplus.stack import kill_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,3 +165,116 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: f
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s: {getattr(predicate, '__name__', predicate)}")
+
+
+ACL_FILE = ROOT / "deploy" / "users.acl"
+#: The harness' own ACL user on ``acl_server`` (set-up and ACL LOG reads), beside the shipped ones.
+ACL_ADMIN = ("test-admin", "test-admin-password")
+
+
+def acl_password(role: str) -> str:
+    """The test password put in place of deploy/users.acl's ``#CHANGE-ME-<role>`` placeholder."""
+    return f"test-{role}-p@ss/w:rd%"  # characters a URL must quote
+
+
+class AclRedisServer(RedisServer):
+    """A ``RedisServer`` loading an ACL file; its own clients sign in as ``ACL_ADMIN``."""
+
+    def client(self, **options: object) -> Redis:
+        options.setdefault("username", ACL_ADMIN[0])
+        options.setdefault("password", ACL_ADMIN[1])
+        return super().client(**options)
+
+    def user_url(self, role: str) -> str:
+        """``redis://rqplus-<role>:<password>@127.0.0.1:<port>/0`` for a user of deploy/users.acl."""
+        return f"redis://rqplus-{role}:{quote(acl_password(role), safe='')}@127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture
+def acl_server(tmp_path: Path) -> Iterator[AclRedisServer]:
+    """A durable private redis-server with deploy/users.acl as shipped, its placeholders replaced by
+    ``acl_password(role)``, plus the harness' ``ACL_ADMIN`` user."""
+    acl = tmp_path / "users.acl"
+    users = re.sub(r"#CHANGE-ME-(\w+)", lambda match: f">{acl_password(match[1])}", ACL_FILE.read_text())
+    acl.write_text(f"{users}user {ACL_ADMIN[0]} on >{ACL_ADMIN[1]} ~* &* +@all\n")
+    with AclRedisServer(config={**DURABLE_CONFIG, "aclfile": acl}, data_dir=tmp_path / "redis") as server:
+        yield server
+
+
+class TlsRedisServer(RedisServer):
+    """A ``RedisServer`` speaking TLS only (``tls-port``, plain port 0), with a certificate of ``ca``."""
+
+    def __init__(self, tls: dict[str, Path], **kwargs: Any) -> None:
+        port = free_port()
+        super().__init__(port=port, config={**kwargs.pop("config", {}), "port": 0, "tls-port": port,
+                                            "tls-cert-file": tls["cert"], "tls-key-file": tls["key"],
+                                            "tls-ca-cert-file": tls["ca"], "tls-auth-clients": "no"}, **kwargs)
+        self.ca = tls["ca"]
+
+    @property
+    def url(self) -> str:
+        """``rediss://127.0.0.1:<port>/0``: give it the CA (``ssl_ca_certs``) to connect."""
+        return f"rediss://127.0.0.1:{self.port}/0"
+
+    def client(self, **options: Any) -> Redis:
+        return super().client(ssl=True, ssl_ca_certs=str(self.ca), **options)
+
+
+def openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+def make_ca(directory: Path, name: str) -> dict[str, Path]:
+    """A throw-away certificate authority (EC P-256, one day) in ``directory``: ``{"ca", "ca_key"}``."""
+    ca, key = directory / f"{name}.pem", directory / f"{name}.key"
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+            "-subj", f"/CN={name}", "-keyout", key, "-out", ca)
+    return {"ca": ca, "ca_key": key}
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throw-away CA and a server certificate it signed for IP:127.0.0.1 and DNS:localhost
+    (``ca``, ``cert``, ``key``), and the certificate of another CA (``unknown_ca``)."""
+    directory = tmp_path_factory.mktemp("tls")
+    files = {**make_ca(directory, "rqplus-test-ca"), "cert": directory / "server.pem", "key": directory / "server.key"}
+    extensions = directory / "san.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=localhost",
+            "-keyout", files["key"], "-out", directory / "server.csr")
+    openssl("x509", "-req", "-in", directory / "server.csr", "-CA", files["ca"], "-CAkey", files["ca_key"],
+            "-CAcreateserial", "-days", "1", "-extfile", extensions, "-out", files["cert"])
+    files["unknown_ca"] = make_ca(directory, "unknown-ca")["ca"]
+    return files
+
+
+@pytest.fixture(scope="session")
+def tls_server(tls_files: dict[str, Path]) -> Iterator[TlsRedisServer]:
+    """One durable private redis-server for the session that speaks TLS only, its certificate signed by
+    ``tls_files["ca"]``."""
+    with TlsRedisServer(tls_files, config=DURABLE_CONFIG) as server:
+        yield server
+
+
+def doc_examples(path: Path, section: str) -> list[str]:
+    """The fenced code blocks under the ``## section`` heading of a Markdown file, in order."""
+    body = path.read_text().split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```\w+\n(.*?)```", body, re.S)
+
+
+def run_shell(code: str, replace: dict[str, str], cwd: Path = ROOT, stdin: str = "", **env: str) -> str:
+    """Run a documented shell example with ``replace``'s substitutions (real hosts become test servers)
+    and this venv's commands first on PATH; fail with its output unless it exits 0. Returns stdout."""
+    for old, new in replace.items():
+        assert old in code, f"the example no longer says {old!r}"
+        code = code.replace(old, new)
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    shell = subprocess.Popen(["bash", "-euo", "pipefail", "-c", code], cwd=cwd, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             env=subprocess_env(PATH=path, **env))
+    try:
+        out, err = shell.communicate(stdin, timeout=60)
+    finally:
+        kill_tree(shell.pid)  # nothing it started outlives the test, even on a timeout
+    assert shell.returncode == 0, out + err
+    return out

@@ -96,3 +96,18 @@ class Recorder:
 async def record_async(tag: str) -> str:
     """``record`` from a coroutine function."""
     return record(tag)
+
+
+#: Environment variable naming the file where ``note_run`` appends its tags.
+RUNS_FILE_ENV = "RQPLUS_TEST_RUNS_FILE"
+
+
+def note_run(tag: str, seconds: float = 0.0) -> str:
+    """Append ``tag`` to the file ``$RQPLUS_TEST_RUNS_FILE`` as the job starts, then sleep ``seconds``.
+
+    No Redis call: a run is counted even while Redis is down, and cannot fail because of it.
+    """
+    with open(os.environ[RUNS_FILE_ENV], "a") as out:
+        out.write(f"{tag}\n")
+    time.sleep(seconds)
+    return tag

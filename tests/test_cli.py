@@ -294,7 +294,7 @@ UNUSABLE = {  # case: (URL, what the error line says), with {free}, {silent} and
     "timeout": ("redis://:s3cret-pw@127.0.0.1:{silent}/0", "cannot reach Redis at redis://:***@127.0.0.1:{silent}/0"),
     "dns": ("redis://:s3cret-pw@no-such-host.invalid:6379/0", "reach Redis at redis://:***@no-such-host.invalid"),
     "scheme": ("http://:s3cret-pw@127.0.0.1:{free}/", "http://:***@127.0.0.1:{free}/ is not a Redis URL"),
-    "port": ("redis://:s3cret-pw@127.0.0.1:notaport/0", "cannot use Redis at redis://:***@127.0.0.1:notaport/0"),
+    "port": ("redis://:s3cret-pw@127.0.0.1:notaport/0", "redis://:***@127.0.0.1:notaport/0: the port is not a number"),
     "wrong password": ("redis://:s3cret-pw@127.0.0.1:{auth}/0",
                        "Redis at redis://:***@127.0.0.1:{auth}/0 (from --url) refused the credentials"),
 }

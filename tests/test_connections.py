@@ -1,10 +1,11 @@
 """rqplus/connections.py: URL choice, redaction, reachability (real servers, never port 6379)."""
 
 import pytest
-from redis.exceptions import AuthenticationError
+from redis.exceptions import AuthenticationError, ConnectionError
 
-from rqplus.connections import connect, is_reachable, redact, redis_url, shared
+from rqplus.connections import answers_anonymously, connect, explain, is_reachable, redact, redis_url, shared
 from rqplus.embedded import free_port
+from tests.conftest import acl_password
 
 
 def test_explicit_url_then_env_then_default(monkeypatch):
@@ -28,6 +29,7 @@ def test_non_redis_url_is_refused_without_showing_the_password():
     ("redis://db:6379/0?password=s3cret&socket_timeout=5", "redis://db:6379/0?password=***&socket_timeout=5"),
     ("rediss://u:s3cret@db/0?ssl_cert_reqs=none&Password=s3cret", "rediss://u:***@db/0?ssl_cert_reqs=none&Password=***"),
     ("unix:///run/redis.sock?db=1&password=s3cret", "unix:///run/redis.sock?db=1&password=***"),
+    ("redis://db/0?username=u&pass%77ord=s3cret", "redis://db/0?username=u&pass%77ord=***"),  # redis-py decodes names
 ])
 def test_redact_hides_passwords_only(url, shown):
     assert redact(url) == shown
@@ -54,3 +56,67 @@ def test_shared_is_one_client_per_url_and_follows_redis_url(redis_server, monkey
     other = redis_server.url.rsplit("/", 1)[0] + "/3"
     monkeypatch.setenv("REDIS_URL", other)
     assert shared() is not first and shared().connection_pool.connection_kwargs["db"] == 3
+
+
+@pytest.fixture
+def no_redis_env(monkeypatch):
+    for name in ("REDIS_URL", "REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_SSL_CA_CERTS"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("url, env, expected", [
+    ("redis://db:6379/0", {"REDIS_PASSWORD": "p@ss/w:rd"}, "redis://:p%40ss%2Fw%3Ard@db:6379/0"),
+    ("redis://db:6379/0", {"REDIS_USERNAME": "rqplus-worker", "REDIS_PASSWORD": "pw"}, "redis://rqplus-worker:pw@db:6379/0"),
+    ("redis://alice@db:6379/0", {"REDIS_USERNAME": "bob", "REDIS_PASSWORD": "pw"}, "redis://alice:pw@db:6379/0"),
+    ("redis://alice:mine@db/0", {"REDIS_USERNAME": "bob", "REDIS_PASSWORD": "pw"}, "redis://alice:mine@db/0"),
+    ("redis://db/0?password=mine", {"REDIS_PASSWORD": "pw"}, "redis://db/0?password=mine"),
+    ("redis://db/0", {"REDIS_USERNAME": "bob"}, "redis://db/0"),  # a user alone: no password to give
+    ("unix:///run/redis.sock?db=1", {"REDIS_PASSWORD": "pw"}, "unix://:pw@/run/redis.sock?db=1"),
+    ("rediss://db:6380/0", {"REDIS_SSL_CA_CERTS": "/etc/ca b.pem"}, "rediss://db:6380/0?ssl_ca_certs=/etc/ca%20b.pem"),
+    ("rediss://db/0?ssl_ca_certs=/own.pem", {"REDIS_SSL_CA_CERTS": "/env.pem"}, "rediss://db/0?ssl_ca_certs=/own.pem"),
+    ("redis://db/0", {"REDIS_SSL_CA_CERTS": "/env.pem"}, "redis://db/0"),  # no TLS, no CA
+    ("rediss://db/0?db=2", {"REDIS_SSL_CA_CERTS": "/env.pem", "REDIS_PASSWORD": "pw"},
+     "rediss://:pw@db/0?db=2&ssl_ca_certs=/env.pem"),
+])
+def test_environment_credentials_and_ca_fill_in_what_the_url_lacks(no_redis_env, url, env, expected):
+    for name, value in env.items():
+        no_redis_env.setenv(name, value)
+    assert redis_url(url) == expected
+    assert not any(secret in redact(redis_url(url)) for secret in ("pw", "mine", "p%40ss"))
+
+
+def test_connect_and_shared_sign_in_with_environment_credentials(acl_server, no_redis_env):
+    no_redis_env.setenv("REDIS_URL", f"redis://127.0.0.1:{acl_server.port}/0")
+    no_redis_env.setenv("REDIS_USERNAME", "rqplus-producer")
+    no_redis_env.setenv("REDIS_PASSWORD", acl_password("producer"))  # "/", ":", "@", "%": quoted on the way
+    assert connect().rpush("rqplus:events", "x") == 1
+    assert shared().llen("rqplus:events") == 1
+    assert "p@ss" not in redact(redis_url()) and redact(redis_url()).startswith("redis://rqplus-producer:***@")
+
+
+def test_answers_anonymously_tells_an_open_server_from_a_closed_one(redis_server, redis_factory, acl_server):
+    assert answers_anonymously(redis_server.client())
+    assert not answers_anonymously(redis_factory(requirepass="right").client())
+    assert not answers_anonymously(acl_server.client())  # `user default off`
+
+
+def test_explain_says_how_to_give_the_ca_only_for_a_refused_certificate():
+    assert "ssl_ca_certs" in explain(ConnectionError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"))
+    assert explain(ConnectionError("Connection refused.\n")) == "Connection refused."
+
+
+@pytest.mark.parametrize("url, message", [
+    ("redis://", "names no host"),
+    ("redis://:s3cret@:6379/0", "names no host"),
+    ("rediss:///0", "names no host"),
+    ("redis://db:6379/zero", "database 'zero' is not a number"),
+    ("redis://db:6379/0?db=x", "database 'x' is not a number"),
+    ("unix:///run/redis.sock?db=one", "database 'one' is not a number"),
+    ("redis://db:port/0", "the port is not a number"),
+    ("memcached://db:11211", "not a Redis URL"),
+])
+def test_a_url_without_a_host_or_with_a_non_numeric_port_or_db_is_refused(url, message):
+    with pytest.raises(ValueError, match=message) as err:
+        redis_url(url)
+    assert "s3cret" not in str(err.value)

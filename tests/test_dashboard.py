@@ -34,6 +34,7 @@ from rqplus.dashboard import Credentials, DashboardConfigError, Server, audit, c
 from rqplus.dashboard.payloads import DashboardJob, Masker, SafeSerializer, Withheld, shown, withheld_in
 from rqplus.embedded import RedisServer
 from tests.conftest import wait_for
+from tests.jobs import ran
 
 USER, PASSWORD = "admin", "correct horse battery staple"
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
@@ -530,6 +531,25 @@ def test_workers_are_listed_with_their_class_and_concurrency(client: FlaskClient
             if len(cells) == 5}
     assert rows == {"emails": ["rqplus.worker.Worker", "1", "idle"], "q": ["stock RQ worker", "1", "idle"]}
     assert 'rqplus_workers{class="rqplus.worker.Worker",state="idle"} 1' in client.get("/metrics").data.decode()
+
+
+def test_the_workers_page_shows_each_workers_running_job(client: FlaskClient, redis: Redis,
+                                                         redis_server: RedisServer, processes) -> None:
+    """rq 3.0 no longer keeps the current job in the worker hash: rq-dashboard finds it in its executions."""
+    processes.rq_worker(redis_server.url, "emails", burst=False)
+    processes.rq_worker(redis_server.url, "q", worker_class="rq.Worker", queue_class=None, burst=False)
+    busy = {"emails": Queue("emails", connection=redis).enqueue("tests.jobs.record", "rqplus-busy", 30),
+            "q": Queue("q", connection=redis).enqueue("tests.jobs.record", "stock-busy", 30)}
+    wait_for(lambda: len(set(ran(redis))) == 2, timeout=30)
+
+    def running() -> dict[str, str]:
+        workers = client.get("/rq/0/data/workers.json").json["workers"]
+        return {worker["queues"][0]: worker["current_job"]["job_id"]
+                for worker in workers if isinstance(worker["current_job"], dict)}
+
+    assert wait_for(lambda: running() == {name: job.id for name, job in busy.items()})
+    page = client.get("/rq/0/view/workers")
+    assert page.status_code == 200
 
 
 def test_metrics_in_prometheus_format(client: FlaskClient, redis: Redis) -> None:

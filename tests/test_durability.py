@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from redis import Redis
 
-from rqplus.durability import UNKNOWN, cached_check, check, judge, require_durable
+from rqplus.durability import UNKNOWN, _beyond_loopback, cached_check, check, judge, require_durable
 from rqplus.embedded import DURABLE_CONFIG
 from rqplus.exceptions import DurabilityError
 
@@ -102,3 +103,45 @@ def test_require_durable_raises_with_every_problem(redis_factory):
     with pytest.raises(DurabilityError) as err:
         require_durable(client)
     assert len(err.value.problems) == 2
+
+
+# --- exposure: what `rqplus check` adds (warnings only, never a problem) -------------------------
+
+#: A bind beyond loopback that binds nothing: "-" makes an address optional, and 192.0.2.1 (TEST-NET-1)
+#: is on no interface here, so the server really listens on 127.0.0.1 only.
+BEYOND_LOOPBACK = ("127.0.0.1", "-192.0.2.1")
+NO_PASSWORD = "without a password"
+
+
+def test_no_password_beyond_loopback_is_a_warning(redis_factory):
+    report = check(redis_factory(bind=BEYOND_LOOPBACK, **DURABLE_CONFIG).client(), exposure=True)
+    assert report.ok and report.problems == []
+    assert report.facts["beyond_loopback"] is True and report.facts["password_required"] is False
+    assert [w for w in report.warnings if NO_PASSWORD in w and "bind 127.0.0.1 -192.0.2.1" in w and "users.acl" in w]
+
+
+def test_a_password_or_loopback_only_needs_no_warning(redis_factory):
+    protected = check(redis_factory(bind=BEYOND_LOOPBACK, requirepass="pw", **DURABLE_CONFIG).client(), exposure=True)
+    loopback = check(redis_factory(**DURABLE_CONFIG).client(), exposure=True)
+    assert protected.facts["password_required"] is True and loopback.facts["beyond_loopback"] is False
+    assert protected.warnings == [] and loopback.warnings == [] and protected.ok and loopback.ok
+
+
+def test_acl_users_with_the_default_user_off_need_no_warning(acl_server):
+    report = check(acl_server.client(), exposure=True)
+    assert report.facts["password_required"] is True and report.warnings == []
+
+
+def test_protected_mode_off_is_a_warning(redis_factory):
+    report = check(redis_factory(protected_mode="no", **DURABLE_CONFIG).client())
+    assert report.ok and report.facts["protected_mode"] == "no"
+    assert [w for w in report.warnings if w.startswith("protected-mode is off") and "`protected-mode yes`" in w]
+
+
+def test_exposure_without_config_is_judged_from_the_address_reached(redis_factory):
+    report = check(redis_factory(rename_command=("CONFIG", ""), **DURABLE_CONFIG).client(), exposure=True)
+    assert report.facts["bind"] == report.facts["protected_mode"] == report.facts["beyond_loopback"] == UNKNOWN
+    assert report.facts["password_required"] is False and not [w for w in report.warnings if NO_PASSWORD in w]
+    # reached at a non-loopback address (only a client's settings: this test binds loopback only)
+    assert _beyond_loopback(Redis(host="redis.internal"), UNKNOWN) is True
+    assert _beyond_loopback(Redis(host="::1"), UNKNOWN) == _beyond_loopback(Redis(host="localhost"), UNKNOWN) == UNKNOWN

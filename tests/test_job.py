@@ -69,3 +69,11 @@ def test_rq_worker_with_a_job_class_still_judges(redis, redis_server, processes,
     assert worker.returncode == 0, out
     assert forged.get_status(refresh=True) == "failed" and not marker.exists()
     assert "steps through module os" in forged.latest_result().exc_string
+
+
+def test_a_judged_job_equals_the_job_it_was_loaded_from():
+    judged, plain = fetch(judged_job_class(CustomJob), "tests.jobs.record"), fetch(CustomJob, "tests.jobs.record")
+    other = fetch(CustomJob, "tests.jobs.record")
+    plain._id = judged.id
+    assert judged == plain and plain == judged and judged != other and judged != judged.id
+    assert len({judged, plain}) == 1

@@ -10,13 +10,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from redis.exceptions import OutOfMemoryError, ReadOnlyError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from rq import Queue as RQQueue
 from rq import Retry
 from rq.exceptions import InvalidJobOperation
 from rq.registry import ScheduledJobRegistry
 
-from rqplus import Queue, Worker, priority_of
+from rqplus import Queue, Worker, priority_of, scripts
+from rqplus.compat import RQ3
 from rqplus.embedded import DURABLE_CONFIG
 from rqplus.exceptions import DurabilityError
 from rqplus.scheduler import PriorityScheduler
@@ -154,6 +156,45 @@ def test_scheduled_jobs_join_the_queue_at_their_priority(redis):
     assert queue.get_job_ids() == [due.id, *[j.id for j in waiting]]
 
 
+def test_dependents_join_the_queue_at_their_priority(redis):
+    """rq 3.0 makes a dependent READY_TO_ENQUEUE, then pushes it with a stock Queue; 2.12 enqueues it."""
+    queue = Queue("q", connection=redis)
+    parent = queue.enqueue(JOB, "parent", priority=0)
+    waiting = [queue.enqueue(JOB, str(n), priority=5) for n in range(3)]
+    dependent = queue.enqueue(JOB, "dependent", priority=1, depends_on=parent)
+    assert dependent.get_status() == "deferred"
+    Worker([queue], connection=redis).work(burst=True, max_jobs=1)
+    assert ran(redis) == ["parent"]
+    assert queue.get_job_ids() == [dependent.id, *[j.id for j in waiting]]
+
+
+@pytest.mark.skipif(not RQ3, reason="RateLimit is new in rq 3.0")
+def test_rate_limited_jobs_join_the_queue_at_their_priority_when_admitted(redis):
+    from rq import RateLimit
+
+    limit = RateLimit("partner-api", concurrency=1)
+    queue = Queue("q", connection=redis)
+    holder = queue.enqueue(JOB, "holder", priority=0, rate_limit=limit)  # takes the one slot
+    waiting_urgent = queue.enqueue(JOB, "urgent", priority=1, rate_limit=limit)
+    assert (holder.get_status(), waiting_urgent.get_status()) == ("queued", "rate_limited")
+    others = [queue.enqueue(JOB, str(n), priority=5) for n in range(3)]
+    Worker([queue], connection=redis).work(burst=True, max_jobs=1)  # the holder ends: its slot frees
+    assert ran(redis) == ["holder"]
+    assert waiting_urgent.get_status(refresh=True) == "queued"
+    assert queue.get_job_ids() == [waiting_urgent.id, *[j.id for j in others]]
+    assert priority_of(queue.fetch_job(waiting_urgent.id)) == 1
+
+
+@pytest.mark.skipif(not RQ3, reason="RateLimit is new in rq 3.0")
+def test_a_rate_limited_job_admitted_at_once_is_enqueued_at_its_priority(redis):
+    from rq import RateLimit
+
+    queue = Queue("q", connection=redis)
+    others = [queue.enqueue(JOB, str(n), priority=5) for n in range(3)]
+    urgent = queue.enqueue(JOB, "urgent", priority=0, rate_limit=RateLimit("k", concurrency=2))
+    assert urgent.get_status() == "queued" and queue.get_job_ids() == [urgent.id, *[j.id for j in others]]
+
+
 def test_worker_with_scheduler_runs_due_jobs_by_priority(redis):
     queue = Queue("q", connection=redis)
     queue.enqueue(JOB, "normal", priority=5)
@@ -251,3 +292,72 @@ def test_multi_queue_dequeue_refuses_an_indefinite_timeout_like_rq(redis):
     queues[1].enqueue(JOB, "b")
     job, queue = Queue.dequeue_any(queues, timeout=None, connection=redis)
     assert queue.name == "b" and redis.lrange(queue.intermediate_queue_key, 0, -1) == [job.id.encode()]
+
+
+# --- faults and odd input at enqueue -------------------------------------------------------------
+
+
+def test_an_enqueue_whose_reply_was_lost_is_resent_without_a_second_job(redis, monkeypatch):
+    """Redis wrote the enqueue, the connection broke before the reply: the re-sent script does nothing."""
+    queue = Queue("q", connection=redis)
+    sent = []
+
+    def reply_lost_once(*args, **kwargs):
+        sent.append(scripts.enqueue(*args, **kwargs))
+        if len(sent) == 1:
+            raise RedisConnectionError("Connection closed by server.")
+        return sent[-1]
+
+    monkeypatch.setattr("rqplus.queue.enqueue", reply_lost_once)
+    job = queue.enqueue(JOB, "once")
+    assert sent == [1, 0], "written once, then recognised when re-sent"
+    assert queue.get_job_ids() == [job.id]
+    assert job.get_status(refresh=True) == "queued"
+
+
+def test_a_queue_entry_that_is_no_hash_does_not_stop_enqueues(redis):
+    redis.set("rq:job:x", "s")
+    redis.rpush("rq:queue:gs", "x")
+    queue = Queue("gs", connection=redis)
+    urgent, late = queue.enqueue(JOB, "urgent", priority=0), queue.enqueue(JOB, "late", priority=9)
+    assert redis.lrange(queue.key, 0, -1) == [urgent.id.encode(), b"x", late.id.encode()]  # x counts as priority 5
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda redis: redis.set("rq:queue:q", "not a list"), "rq:queue:q holds a string, not a queue list"),
+    (lambda redis: redis.set("rq:job:taken", "s"), "rq:job:taken holds a string, not a job hash"),
+])
+def test_an_enqueue_that_cannot_be_inserted_writes_nothing(redis, corrupt, message):
+    corrupt(redis)
+    before = snapshot(redis)
+    with pytest.raises(ResponseError, match=message):
+        Queue("q", connection=redis).enqueue(JOB, "x", job_id="taken")
+    assert snapshot(redis) == before
+
+
+@pytest.mark.parametrize("name, error, message", [
+    ("", ValueError, "is empty"),
+    ("   ", ValueError, "is empty"),
+    ("x" * 1001, ValueError, "1001 characters is over the 1000 character limit"),
+    ("emails:intermediate", ValueError, "intermediate list"),
+    (b"emails", TypeError, "a queue name is a str"),
+])
+def test_odd_queue_names_are_refused_and_nothing_is_written(redis, name, error, message):
+    before = snapshot(redis)
+    with pytest.raises(error, match=message):
+        Queue(name, connection=redis).enqueue(JOB, "x")
+    assert snapshot(redis) == before
+
+
+def test_colons_and_long_names_within_the_limit_are_queue_names(redis):
+    for name in ("emails:high", "x" * 1000):
+        assert Queue(name, connection=redis).enqueue(JOB, "x").origin == name
+
+
+@pytest.mark.parametrize("enqueue", [lambda q: q.enqueue(42), lambda q: q.enqueue_call(func=None),
+                                     lambda q: q.enqueue_at(datetime.now(UTC), 4.2)])
+def test_a_job_function_that_is_neither_callable_nor_a_path_is_a_type_error(redis, enqueue):
+    before = snapshot(redis)
+    with pytest.raises(TypeError, match="the job function .*`f`.* must be a callable or its dotted path"):
+        enqueue(Queue("q", connection=redis))
+    assert snapshot(redis) == before

@@ -130,11 +130,13 @@ def test_workers_read_pickles_safely_whatever_names_rqs_pickle(given, used):
 
 
 def test_a_worker_reads_jobs_with_it(redis):
-    from rqplus import Worker
+    from rqplus import Queue, Worker
 
-    worker = Worker(["q"], connection=redis)
+    mine = Queue("mine", connection=redis)
+    worker = Worker(["q", mine], connection=redis)
     assert worker.serializer is SafePickleSerializer
     assert all(queue.serializer is SafePickleSerializer for queue in worker.queues)
+    assert mine.serializer is DefaultSerializer and mine.job_class.__name__ == "Job"  # the caller's queue is left alone
     json_worker = Worker(["q"], connection=redis, serializer=JSONSerializer)
     assert json_worker.serializer is JSONSerializer
 

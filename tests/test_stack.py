@@ -72,6 +72,20 @@ def test_configured_url_is_used_and_workers_run_jobs(redis_factory, in_tmp, monk
     assert not (in_tmp / ".rqplus").exists()
 
 
+def test_credentials_from_the_environment_reach_the_workers_but_no_command_line(redis_factory, in_tmp, monkeypatch):
+    server = redis_factory(requirepass="s3cret-pw")
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{server.port}/0")
+    monkeypatch.setenv("REDIS_PASSWORD", "s3cret-pw")
+    out = io.StringIO()
+    with Stack(["q"], workers=1, out=out) as stack:
+        job = Queue("q", connection=server.client()).enqueue(demo.work, 0, "hello")
+        wait_for(lambda: job.get_status(refresh=True) == "finished")
+        command_lines = [Path(f"/proc/{worker.pid}/cmdline").read_bytes() for worker in stack.workers]
+    assert command_lines and not any(b"s3cret" in line for line in command_lines)
+    assert f"Redis: redis://:***@127.0.0.1:{server.port}/0 (from $REDIS_URL)" in out.getvalue()
+    assert "s3cret" not in out.getvalue()
+
+
 def test_embedded_redis_is_durable_local_and_keeps_its_data(in_tmp):
     port = free_port()
     out = io.StringIO()

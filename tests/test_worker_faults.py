@@ -9,19 +9,27 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
+import threading
 import time
+from collections import Counter
 
 import pytest
+from redis.exceptions import RedisError
 from rq.job import Job
 
 from rqplus import Queue
 from rqplus.embedded import DURABLE_CONFIG, RedisServer
 from rqplus.recovery import alive_key, marker_key
 from tests.conftest import Processes, wait_for
+from tests.jobs import RUNS_FILE_ENV
 
 JOB = "tests.jobs.count_run"
+#: A job that counts its runs in a file, not in Redis (see tests.jobs.note_run).
+NOTE = "tests.jobs.note_run"
+MONITORING = ("--job-monitoring-interval", "5")
 #: Seconds a test waits for an outcome (every wait is bounded).
 BOUND = 60
 
@@ -49,6 +57,26 @@ def crash_and_restart(server: RedisServer, down: float = 2.0) -> float:
 def leftovers(redis, queue: Queue) -> tuple[int, int, int]:
     """Queued, in the intermediate list, in the started registry (ZCARD: `.count` would run RQ's cleanup)."""
     return redis.llen(queue.key), redis.llen(queue.intermediate_queue_key), redis.zcard(queue.started_job_registry.key)
+
+
+def started_entries(redis, queues: list[Queue], processes: Processes, workers: list[subprocess.Popen]) -> str:
+    """What each entry left in a started registry is: its execution hash, its job's hash and results,
+    and every line the workers logged about the job (for a failure message)."""
+    found = []
+    for queue in queues:
+        for entry, score in redis.zrange(queue.started_job_registry.key, 0, -1, withscores=True):
+            entry = entry.decode()
+            job_id = entry.rpartition(":")[0] or entry
+            job = {k.decode(): v.decode(errors="replace")[:60] for k, v in redis.hgetall(f"rq:job:{job_id}").items()
+                   if k not in (b"data", b"exc_info")}
+            results = [{k.decode(): v.decode(errors="replace")[:40] for k, v in fields.items() if k != b"return_value"}
+                       for _, fields in redis.xrange(f"rq:results:{job_id}")]
+            found.append(f"{queue.started_job_registry.key} {entry} (expires in {score - time.time():.0f} s): "
+                         f"execution {redis.hgetall(f'rq:execution:{entry}')}, executions of the job "
+                         f"{redis.zrange(f'rq:executions:{job_id}', 0, -1)}, job {job}, results {results}")
+            found += [f"  worker {n}: {line}" for n, proc in enumerate(workers)
+                      for line in processes.output(proc).splitlines() if job_id in line]
+    return "\n".join(found)
 
 
 def listening(processes: Processes, proc: subprocess.Popen, queues: tuple[str, ...]) -> None:
@@ -264,3 +292,186 @@ def test_cold_shutdown_does_not_orphan_the_running_job(redis_factory, processes)
         assert job.latest_result().exc_string, "a failed job says why"
     else:
         assert runs(redis, "long") == 2
+
+
+# --- 3. Repeated Redis crashes under load --------------------------------------------------------
+
+
+class Producer(threading.Thread):
+    """Enqueues ``note_run`` jobs until stopped; records which enqueues returned (acknowledged)."""
+
+    def __init__(self, server: RedisServer, rng: random.Random) -> None:
+        super().__init__(daemon=True)
+        self.queues = [Queue(name, connection=server.client()) for name in ("work", "work", "other")]
+        self.rng = rng
+        self.acknowledged: list[str] = []
+        self.refused: list[str] = []  # enqueues that raised: written or not, nobody knows
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            n += 1
+            tag = f"job-{n}"
+            seconds = 2.0 if n % 15 == 0 else self.rng.choice([0.0, 0.05, 0.2])  # some span an outage
+            try:
+                self.rng.choice(self.queues).enqueue(NOTE, tag, seconds, priority=n % 10)
+                self.acknowledged.append(tag)
+            except RedisError:
+                self.refused.append(tag)
+            time.sleep(0.04)
+
+
+def test_workers_survive_repeated_redis_crashes_and_run_acknowledged_jobs_once(redis_factory, processes, tmp_path):
+    """SIGKILL redis-server >= 5 times (down 1-8 s) under 2 busy workers and a producer."""
+    server = redis_factory(**{**DURABLE_CONFIG, "appendfsync": "always"})
+    redis = server.client()
+    runs_file = tmp_path / "runs.txt"
+    runs_file.touch()
+    env = {RUNS_FILE_ENV: str(runs_file)}
+    layouts = [("work",), ("work", "other")]  # the single-queue BLMOVE and the multi-queue fetch
+    workers = []
+    for layout in layouts:  # one at a time: a worker skips, unlogged, a queue another one is cleaning at start-up
+        workers.append(processes.rq_worker(server.url, *layout, burst=False, extra=MONITORING, env=env))
+        listening(processes, workers[-1], layout)
+    rng = random.Random(10)
+    producer = Producer(server, rng)
+    producer.start()
+    outages = [1, 8, 2, 4, 3]
+    for down in outages:
+        time.sleep(rng.uniform(2, 3))
+        crash_and_restart(server, down)
+    time.sleep(2)
+    producer.stopping.set()
+    producer.join(BOUND)
+    queues = [Queue(name, connection=redis) for name in ("work", "other")]
+
+    def ran() -> Counter:
+        return Counter(runs_file.read_text().split())
+
+    def failed() -> dict[str, str]:
+        """Failed jobs and their last error line (a Redis fault must fail none: each is waited out)."""
+        found = [Job.fetch_many(q.failed_job_registry.get_job_ids(), connection=redis) for q in queues]
+        return {job.args[0]: job.latest_result().exc_string.strip().splitlines()[-1]
+                for jobs in found for job in jobs if job is not None}
+
+    def drained() -> bool:
+        waiting = set(producer.acknowledged) - set(ran()) - set(failed())
+        return not any(sum(leftovers(redis, q)) for q in queues) and not waiting
+
+    try:
+        wait_for(drained, timeout=BOUND, interval=0.5)
+    except AssertionError:
+        missing = [t for t in producer.acknowledged if not ran()[t]]
+        raise AssertionError(f"never ran: {missing[:10]} ({len(missing)}); queued/intermediate/started: "
+                             f"{[leftovers(redis, q) for q in queues]}\n"
+                             f"{started_entries(redis, queues, processes, workers)}") from None
+    for proc in workers:
+        assert proc.poll() is None, f"a worker exited:\n{tail(processes, proc)}"
+
+    finished = [Job.fetch_many(q.finished_job_registry.get_job_ids(), connection=redis) for q in queues]
+    jobs = {job.args[0]: job for found in finished for job in found if job is not None}
+    twice = {tag: int(redis.hget(jobs[tag].key, "rescues") or 0) for tag, count in ran().items() if count > 1}
+    waits = sum(processes.output(proc).count("Redis serves again") for proc in workers)
+    print(f"{len(outages)} Redis crashes (down {sum(outages)} s in all), {len(producer.acknowledged)} jobs "
+          f"acknowledged, {len(producer.refused)} enqueues raised; {waits} waits for Redis ended in the workers "
+          f"and their work-horses; {len(twice)} ran twice: {twice}")
+    assert not failed(), f"no job failed by a Redis fault: {failed()}"
+    assert set(producer.acknowledged) <= set(jobs), "every acknowledged job ends FINISHED"
+    assert all(rescues >= 1 for rescues in twice.values()), "a second run only for a job handed back or rescued"
+    assert max(ran().values()) <= 2
+    assert not twice, "no job ran twice: each outcome was kept and written once Redis was back"
+    for tag in producer.refused:  # written or not, never doubled
+        assert ran()[tag] <= 1
+
+    for proc in workers:  # an operator's stop still stops
+        os.kill(proc.pid, signal.SIGTERM)
+    for proc in workers:
+        assert proc.wait(BOUND) == 0, tail(processes, proc)
+
+
+# --- 4. Redis out of memory (maxmemory, noeviction) ---------------------------------------------
+
+
+def test_workers_pause_while_redis_is_out_of_memory_and_drain_when_it_is_raised(redis_factory, processes, tmp_path):
+    server = durable_server(redis_factory)
+    redis = server.client()
+    runs_file = tmp_path / "runs.txt"
+    runs_file.touch()
+    env = {RUNS_FILE_ENV: str(runs_file)}
+    running = processes.rq_worker(server.url, "work", burst=False, extra=MONITORING, env=env)
+    listening(processes, running, ("work",))  # one at a time, as above
+    late = processes.rq_worker(server.url, "other", "work", burst=False, extra=MONITORING, env=env)
+    listening(processes, late, ("other", "work"))
+    queue = Queue("work", connection=redis)
+    queue.enqueue(NOTE, "job-0", 3)
+    Queue("other", connection=redis).enqueue(NOTE, "job-1", 3)
+    wait_for(lambda: {"job-0", "job-1"} <= set(runs_file.read_text().split()), timeout=30)  # both busy
+    tags = ["job-0", "job-1"] + [queue.enqueue(NOTE, f"job-{n}", 0.05).args[0] for n in range(2, 40)]
+    # below what Redis holds already: every write is refused from now on (reads and PING still work)
+    redis.config_set("maxmemory", int(redis.info("memory")["used_memory"]) // 2)
+    wait_for(lambda: "out of memory" in processes.output(running) and "out of memory" in processes.output(late),
+             timeout=BOUND)
+    time.sleep(3)  # a few more beats, fetches and the end of job-0, all refused
+    assert running.poll() is None and late.poll() is None, f"{tail(processes, running)}\n{tail(processes, late)}"
+    paused = runs_file.read_text().split()
+
+    redis.config_set("maxmemory", 0)
+    wait_for(lambda: set(runs_file.read_text().split()) == set(tags) and not sum(leftovers(redis, queue))
+             and not redis.zcard(Queue("other", connection=redis).started_job_registry.key),
+             timeout=BOUND, interval=0.2)
+    ran = Counter(runs_file.read_text().split())
+    logged = [processes.output(proc).count("Redis is out of memory") for proc in (running, late)]
+    print(f"{len(paused)} of {len(tags)} jobs had started when Redis filled up; each ran {set(ran.values())} "
+          f"time(s); out-of-memory lines logged per worker: {logged}")
+    assert running.poll() is None and late.poll() is None
+    assert set(ran.values()) == {1}
+    queues = (queue, Queue("other", connection=redis))
+    assert sum(q.failed_job_registry.count for q in queues) == 0, "no job failed (nor both failed and finished)"
+    assert sum(len(q.finished_job_registry.get_job_ids()) for q in queues) == len(tags)
+    assert all("raise maxmemory" in processes.output(proc) for proc in (running, late)), "the fix is named"
+
+
+# --- 5. Corrupt data ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", [("gs",), ("gs", "other")], ids=["single-queue", "multi-queue"])
+def test_a_queue_entry_that_is_no_job_hash_is_quarantined_and_the_queue_goes_on(redis, redis_server, processes,
+                                                                                layout):
+    redis.set("rq:job:x", "s")
+    redis.rpush("rq:queue:gs", "x")
+    queue = Queue("gs", connection=redis)
+    valid = [queue.enqueue(JOB, f"valid-{n}") for n in range(3)]  # the insert reads past the bad entry
+    timed = queue.enqueue(JOB, "bad-timeout")
+    redis.hset(timed.key, "timeout", "abc")
+    worker = processes.rq_worker(redis_server.url, *layout)
+    assert worker.wait(BOUND) == 0, tail(processes, worker)  # a burst worker that drained its queues
+
+    assert all(job.get_status(refresh=True) == "finished" for job in valid)
+    assert set(queue.failed_job_registry.get_job_ids()) == {"x", timed.id}
+    assert redis.get("rqplus:corrupt:x") == b"s", "the bad value is kept aside for inspection"
+    assert "holds a string, not a job hash" in redis.hget("rq:job:x", "exc_info").decode()
+    assert "field 'timeout'" in redis.hget(timed.key, "exc_info").decode()
+    assert leftovers(redis, queue) == (0, 0, 0)
+
+
+def test_a_job_hash_without_data_fails_with_a_reason_naming_the_field(redis, redis_server, processes):
+    queue = Queue("work", connection=redis)
+    job = queue.enqueue(JOB, "no-data")
+    redis.hdel(job.key, "data")
+    behind = queue.enqueue(JOB, "behind")
+    worker = processes.rq_worker(redis_server.url, "work", burst=False, env={"RQPLUS_RESCUE_INTERVAL": "1"})
+    # RQ's fetch skips the id and leaves it in the intermediate list; the rescue pass quarantines it
+    wait_for(lambda: job.id.encode() in redis.zrange(queue.failed_job_registry.key, 0, -1), timeout=BOUND)
+    assert "field 'data'" in redis.hget(job.key, "exc_info").decode()
+    assert behind.get_status(refresh=True) == "finished"
+    assert leftovers(redis, queue) == (0, 0, 0)
+    os.kill(worker.pid, signal.SIGTERM)
+    assert worker.wait(BOUND) == 0, tail(processes, worker)
+
+
+def test_a_worker_that_quits_on_an_unexpected_error_exits_non_zero(redis, redis_server, processes):
+    redis.set("rq:queue:broken", "not a list")  # every fetch fails with WRONGTYPE
+    worker = processes.rq_worker(redis_server.url, "broken", burst=False)
+    assert worker.wait(BOUND) == 1
+    assert "WRONGTYPE" in processes.output(worker) and "unexpected error" in processes.output(worker)

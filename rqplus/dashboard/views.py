@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_plus
 
 from flask import Blueprint, Response, current_app, flash, g, redirect, render_template, request, url_for
 from redis import Redis
@@ -51,20 +50,7 @@ class Dashboard:
 
         Usage (in a template): ``{{ redis_shown }}``
         """
-        return shown_url(self.url)
-
-
-def shown_url(url: str) -> str:
-    """``url`` passed through :func:`rqplus.connections.redact`, and also without a password query
-    parameter under a percent-encoded name (``?pass%77ord=``), which redis-py decodes and uses.
-
-    Usage: ``shown_url("redis://db/0?pass%77ord=x") == "redis://db/0?pass%77ord=***"``
-    """
-    base, mark, query = redact(url).partition("?")
-    # redact() matches the name as written only; redis-py's parse_url unquotes names first
-    parameters = (parameter.partition("=") for parameter in query.split("&"))
-    return base + mark + "&".join(name + equals + ("***" if equals and unquote_plus(name).lower() == "password"
-                                                   else value) for name, equals, value in parameters)
+        return redact(self.url)
 
 
 def dashboard() -> Dashboard:

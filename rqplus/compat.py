@@ -1,0 +1,74 @@
+"""Every difference between rq 2.12 and rq 3.x that rqplus meets, in one place.
+
+The rest of rqplus reads as if there were one RQ; dropping 2.12 later is deleting the 2.12 branches
+here. Worker hooks whose signature gained an ``execution`` in rq 3.0 take it as ``*execution``
+(empty on 2.12, which keeps it in ``worker.execution``) and pass it on unchanged.
+
+Usage::
+
+    from rqplus.compat import RQ3, execution_option
+    worker.handle_job_failure(job, queue, exc_string=reason, **execution_option(execution))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import rq
+from redis.exceptions import ResponseError
+
+#: The installed rq's (major, minor).
+RQ_VERSION: tuple[int, int] = tuple(int(part) for part in rq.__version__.split(".")[:2])  # type: ignore[assignment]
+#: True on rq 3.x: executions passed explicitly, rate limits, ready-to-enqueue dependents.
+RQ3 = RQ_VERSION >= (3, 0)
+
+
+def execution_option(*execution: Any) -> dict[str, Any]:
+    """``{"execution": e}`` for rq 3.0's hooks that take the running execution; ``{}`` on rq 2.12.
+
+    Usage: ``worker.handle_job_failure(job, queue, exc_string=reason, **execution_option(*execution))``
+    """
+    return {"execution": execution[0]} if RQ3 and execution else {}
+
+
+#: rq 2.12's ``Job.perform()`` sends ``PERSIST`` on the job key before calling the function (outside
+#: any worker hook); rq 3.0's writes nothing there.
+PERFORM_WRITES = not RQ3
+
+try:  # rq 3.0: concurrency limits per key; jobs wait as rate_limited, admitted by RQ's own Lua
+    from rq.rate_limit import RateLimitRegistry
+except ImportError:  # rq 2.12 has none
+    RateLimitRegistry = None  # type: ignore[assignment,misc]
+
+
+def rate_limited(job: Any) -> bool:
+    """True for a job enqueued with rq 3.0's ``rate_limit=RateLimit(...)`` (never on rq 2.12).
+
+    Usage: ``if rate_limited(job): ...``
+    """
+    return bool(getattr(job, "has_rate_limit", False))
+
+
+if RQ3:
+    class WorkerCompat:
+        """Nothing of rq 3.x's worker needs adapting."""
+else:
+    class WorkerCompat:  # type: ignore[no-redef]
+        """rq 2.12's worker brought to what rq 3.0 does, for ``rqplus.Worker`` to inherit first."""
+
+        # RQ change (rq 2.12): the worker reads its own address with CLIENT INFO, as rq 3.0 does,
+        # not CLIENT LIST, an admin command listing every client (the ACL worker user lacks it).
+        def _set_ip_address(self, connection: Any) -> None:
+            try:
+                connection.client_setname(self.name)
+                self.ip_address = str(connection.client_info()["addr"])
+            except ResponseError:  # Redis < 6.2, or CLIENT refused: RQ 2.12's own lookup and warnings
+                super()._set_ip_address(connection)  # type: ignore[misc]
+
+        # RQ change (rq 2.12): RQ forgets worker.execution as it queues a job's end, before the
+        # transaction runs; a re-run after a lost EXEC (RQ's WatchError loop, rqplus' wait) then
+        # recorded the end but left the started-registry entry. Kept, as rq 3.0 passes it each time.
+        def cleanup_execution(self, job: Any, pipeline: Any) -> None:
+            execution = self.execution  # type: ignore[attr-defined]
+            super().cleanup_execution(job, pipeline)  # type: ignore[misc]
+            self.execution = execution
