@@ -17,6 +17,8 @@ from typing import Any
 import rq
 from redis.exceptions import ResponseError
 
+from rqplus.faults import TRANSIENT
+
 #: The installed rq's (major, minor).
 RQ_VERSION: tuple[int, int] = tuple(int(part) for part in rq.__version__.split(".")[:2])  # type: ignore[assignment]
 #: True on rq 3.x: executions passed explicitly, rate limits, ready-to-enqueue dependents.
@@ -72,3 +74,12 @@ else:
             execution = self.execution  # type: ignore[attr-defined]
             super().cleanup_execution(job, pipeline)  # type: ignore[misc]
             self.execution = execution
+
+        # RQ change (rq 2.12, gone in 3.0): the working-time note (shown by `rq info`), written every
+        # beat while a job runs, is skipped while Redis is unavailable (RQ's worker would quit on it).
+        def set_current_job_working_time(self, working_time: float, pipeline: Any = None) -> None:
+            try:
+                super().set_current_job_working_time(working_time, pipeline)  # type: ignore[misc]
+            except TRANSIENT as error:
+                self.log.warning("Worker %s: could not record the job's working time, Redis unavailable (%s)",
+                                 self.name, error)  # type: ignore[attr-defined]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import copy
 import os
 import time
-from datetime import UTC, datetime
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from redis.client import Pipeline
@@ -190,14 +190,6 @@ class Worker(WorkerCompat, RQWorker):
             return
         self.rescue_if_due()
 
-    # RQ change: same for the working-time note (shown by `rq info`), which RQ writes every beat.
-    def set_current_job_working_time(self, current_job_working_time: float, pipeline: Pipeline | None = None) -> None:
-        try:
-            super().set_current_job_working_time(current_job_working_time, pipeline)
-        except TRANSIENT as error:  # informational only (rq info); RQ's worker would quit on it
-            self.log.warning("Worker %s: could not record the job's working time, Redis unavailable (%s)",
-                             self.name, error)
-
     # RQ change: Redis faults around a job are waited out instead of quitting. The work-horse keeps
     # the job's outcome and writes it once Redis serves again (see handle_job_success); only a job
     # whose horse ended without writing it (killed, crashed: its outcome is unknown) is handed back.
@@ -229,7 +221,10 @@ class Worker(WorkerCompat, RQWorker):
         return self.redis_call(attempt)
 
     def drop_unconfirmed_executions(self, job: Job) -> None:
-        """Delete ``job``'s started-registry entries recorded by this worker, which runs none of them yet."""
+        """Delete ``job``'s started-registry entries recorded by this worker, which runs none of them yet.
+
+        Usage: ``worker.drop_unconfirmed_executions(job)  # before recording the execution again``
+        """
         with self.connection.pipeline() as pipeline:
             for entry in map(as_text, self.connection.zrange(job.started_job_registry.key, 0, -1)):
                 job_id, _, execution_id = entry.rpartition(":")
