@@ -12,12 +12,13 @@ Usage::
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import rq
 from redis.exceptions import ResponseError
 
-from rqplus.faults import TRANSIENT
+from rqplus.faults import TRANSIENT, wait_out
 
 #: The installed rq's (major, minor).
 RQ_VERSION: tuple[int, int] = tuple(int(part) for part in rq.__version__.split(".")[:2])  # type: ignore[assignment]
@@ -31,11 +32,6 @@ def execution_option(*execution: Any) -> dict[str, Any]:
     Usage: ``worker.handle_job_failure(job, queue, exc_string=reason, **execution_option(*execution))``
     """
     return {"execution": execution[0]} if RQ3 and execution else {}
-
-
-#: rq 2.12's ``Job.perform()`` sends ``PERSIST`` on the job key before calling the function (outside
-#: any worker hook); rq 3.0's writes nothing there.
-PERFORM_WRITES = not RQ3
 
 try:  # rq 3.0: concurrency limits per key; jobs wait as rate_limited, admitted by RQ's own Lua
     from rq.rate_limit import RateLimitRegistry
@@ -83,3 +79,25 @@ else:
             except TRANSIENT as error:
                 self.log.warning("Worker %s: could not record the job's working time, Redis unavailable (%s)",
                                  self.name, error)  # type: ignore[attr-defined]
+
+
+if RQ3:
+    class JobCompat:
+        """Nothing of rq 3.x's Job needs adapting."""
+else:
+    from rq.job import _job_stack
+
+    class JobCompat:  # type: ignore[no-redef]
+        """rq 2.12's Job brought to what rq 3.0 does, for ``rqplus.job.Job`` to inherit first."""
+
+        # RQ change (rq 2.12; 3.0 writes nothing here): perform() starts with a PERSIST on the job
+        # key, which no worker hook covers: a Redis fault there failed a job that never ran. The
+        # PERSIST waits the fault out; the rest is RQ 2.12's perform() as is (one round trip, as RQ).
+        def perform(self) -> Any:
+            wait_out(lambda: self.connection.persist(self.key), logging.getLogger("rq.job"), f"Job {self.id}")  # type: ignore[attr-defined]
+            _job_stack.push(self)
+            try:
+                self._result = self._execute()  # type: ignore[attr-defined]
+            finally:
+                assert self is _job_stack.pop()
+            return self._result

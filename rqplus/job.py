@@ -15,19 +15,15 @@ Usage::
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any, Callable
 
 from rq.job import Job as RQJob
 
 from rqplus.allowlist import resolve, resolve_job_function
-from rqplus.compat import PERFORM_WRITES
-from rqplus.faults import wait_out
-
-logger = logging.getLogger("rq.job")
+from rqplus.compat import JobCompat
 
 
-class Job(RQJob):
+class Job(JobCompat, RQJob):
     """An RQ job whose callables are resolved and judged by :mod:`rqplus.allowlist` when asked for."""
 
     # RQ change: the function is resolved by the allow-list (RQ: import_attribute of any name).
@@ -42,14 +38,6 @@ class Job(RQJob):
         return isinstance(other, RQJob) and isinstance(self, type(other)) and self.id == other.id
 
     __hash__ = RQJob.__hash__
-
-    # RQ change (rq 2.12): perform() starts with a PERSIST on the job key, which no worker hook
-    # covers; a Redis fault there failed a job that never ran. It is sent here first, with Redis
-    # faults waited out, so RQ's own PERSIST right after finds Redis serving.
-    def perform(self) -> Any:
-        if PERFORM_WRITES:
-            wait_out(lambda: self.connection.persist(self.key), logger, f"Job {self.id}")
-        return super().perform()
 
     # RQ change: callbacks too, by name at every call (RQ caches whatever import_attribute found).
     @property
