@@ -92,11 +92,11 @@ class Queue(RQQueue):
     #: Redis wrote it, and the enqueue script recognises a re-sent enqueue (no second job).
     enqueue_retry_seconds: float = 30.0
 
-    # RQ change: the name is checked (see check_queue_name); ``durable`` is rqplus's own.
+    # RQ change: ``durable`` (see above). Any name builds a queue object, as RQ's own code does
+    # (``Queue(job.origin)``); an odd name is refused at enqueue (see create_job).
     @rq_signature(RQQueue.__init__)
     def __init__(self, *, durable: bool = False, **arguments: Any) -> None:
         super().__init__(**arguments)
-        check_queue_name(self.name)
         self.durable = durable
 
     @property
@@ -170,13 +170,14 @@ class Queue(RQQueue):
                  give_up_after=self.enqueue_retry_seconds)
         return job
 
-    # RQ change: every job is checked before anything is written: a validated priority in its
-    # meta (default 5, so paths that bypass the keyword above are checked too), a function a
-    # worker can import by name, arguments that serialize within the size limit, and for a
-    # durable queue, a durable Redis. (RQ finds bad arguments only while saving, after it has
-    # already registered the queue.)
+    # RQ change: every job is checked before anything is written: a queue name that can name a
+    # queue (see check_queue_name), a validated priority in its meta (default 5, so paths that
+    # bypass the keyword above are checked too), a function a worker can import by name,
+    # arguments that serialize within the size limit, and for a durable queue, a durable Redis.
+    # (RQ finds bad arguments only while saving, after it has already registered the queue.)
     @rq_signature(RQQueue.create_job)
     def create_job(self, **arguments: Any) -> Job:
+        check_queue_name(self.name)
         check_job_function(arguments["func"])
         arguments["meta"] = with_priority(arguments.get("meta"), None)
         job = super().create_job(**arguments)
