@@ -12,7 +12,6 @@ import importlib
 import re
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
