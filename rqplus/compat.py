@@ -1,19 +1,24 @@
 """Every difference between rq 2.12 and rq 3.x that rqplus meets, in one place.
 
 The rest of rqplus reads as if there were one RQ; dropping 2.12 later is deleting the 2.12 branches
-here. Worker hooks whose signature gained an ``execution`` in rq 3.0 take it as ``*execution``
-(empty on 2.12, which keeps it in ``worker.execution``) and pass it on unchanged.
+here. Overrides whose RQ method differs between releases (rq 3.0's ``rate_limit=``, the worker
+hooks' ``execution``) take the installed rq's signature with :func:`rq_signature`.
 
 Usage::
 
-    from rqplus.compat import RQ3, execution_option
-    worker.handle_job_failure(job, queue, exc_string=reason, **execution_option(execution))
+    from rqplus.compat import RQ3, rq_signature
+
+    @rq_signature(rq.Worker.perform_job)
+    def perform_job(self, job, queue, **execution): ...   # execution: {} on 2.12, {"execution": e} on 3.0
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import rq
 from redis.exceptions import ResponseError
@@ -25,13 +30,46 @@ RQ_VERSION: tuple[int, int] = tuple(int(part) for part in rq.__version__.split("
 #: True on rq 3.x: executions passed explicitly, rate limits, ready-to-enqueue dependents.
 RQ3 = RQ_VERSION >= (3, 0)
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def execution_option(*execution: Any) -> dict[str, Any]:
-    """``{"execution": e}`` for rq 3.0's hooks that take the running execution; ``{}`` on rq 2.12.
 
-    Usage: ``worker.handle_job_failure(job, queue, exc_string=reason, **execution_option(*execution))``
+def rq_signature(rq_method: Callable[..., Any]) -> Callable[[F], F]:
+    """Decorator: the override accepts exactly ``rq_method``'s parameters, positional or keyword, as
+    the installed rq defines them, plus the keyword-only parameters it declares itself (``priority``).
+
+    A call is bound to that signature (a call RQ would refuse raises the same ``TypeError``), and
+    the override receives every argument the caller gave *by name*, so it can read or replace one
+    (``meta``) wherever the caller put it and pass them all on: ``super().method(**arguments)``.
+    ``inspect.signature`` shows RQ's parameters and the extras.
+
+    Usage::
+
+        @rq_signature(rq.Queue.enqueue_call)
+        def enqueue_call(self, *, priority: int | None = None, **arguments: Any) -> Job: ...
     """
-    return {"execution": execution[0]} if RQ3 and execution else {}
+    rq_parameters = list(inspect.signature(rq_method).parameters.values())
+    if any(p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL) for p in rq_parameters):
+        raise TypeError(f"{rq_method.__qualname__} takes arguments that cannot be passed by name")
+    var_keyword = [p for p in rq_parameters if p.kind is p.VAR_KEYWORD]
+    rq_names = {p.name for p in rq_parameters}
+
+    def decorate(function: F) -> F:
+        extras = [p for p in inspect.signature(function).parameters.values()
+                  if p.kind is p.KEYWORD_ONLY and p.name not in rq_names]
+        signature = inspect.Signature([*(p for p in rq_parameters if p.kind is not p.VAR_KEYWORD), *extras,
+                                       *var_keyword])
+
+        @functools.wraps(function)
+        def override(*args: Any, **kwargs: Any) -> Any:
+            arguments = signature.bind(*args, **kwargs).arguments
+            for parameter in var_keyword:
+                arguments.update(arguments.pop(parameter.name, {}))
+            return function(**arguments)
+
+        override.__signature__ = signature  # type: ignore[attr-defined]
+        return override  # type: ignore[return-value]
+
+    return decorate
 
 try:  # rq 3.0: concurrency limits per key; jobs wait as rate_limited, admitted by RQ's own Lua
     from rq.rate_limit import RateLimitRegistry
@@ -73,9 +111,9 @@ else:
 
         # RQ change (rq 2.12, gone in 3.0): the working-time note (shown by `rq info`), written every
         # beat while a job runs, is skipped while Redis is unavailable (RQ's worker would quit on it).
-        def set_current_job_working_time(self, working_time: float, pipeline: Any = None) -> None:
+        def set_current_job_working_time(self, current_job_working_time: float, pipeline: Any = None) -> None:
             try:
-                super().set_current_job_working_time(working_time, pipeline)  # type: ignore[misc]
+                super().set_current_job_working_time(current_job_working_time, pipeline)  # type: ignore[misc]
             except TRANSIENT as error:
                 self.log.warning("Worker %s: could not record the job's working time, Redis unavailable (%s)",
                                  self.name, error)  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,9 +28,10 @@ from rq.exceptions import DequeueTimeout
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.queue import EnqueueData
+from rq.timeouts import BaseDeathPenalty
 from rq.utils import as_text, current_timestamp, parse_timeout, str_to_date, utcformat
 
-from rqplus.compat import RateLimitRegistry, rate_limited
+from rqplus.compat import RateLimitRegistry, rate_limited, rq_signature
 from rqplus.defaults import DEFAULT_PRIORITY, MAX_PAYLOAD_BYTES, MAX_QUEUE_NAME
 from rqplus.durability import require_durable
 from rqplus.faults import REDIS_DOWN, TRANSIENT, wait_out
@@ -91,9 +92,11 @@ class Queue(RQQueue):
     #: Redis wrote it, and the enqueue script recognises a re-sent enqueue (no second job).
     enqueue_retry_seconds: float = 30.0
 
-    def __init__(self, name: str = "default", *args: Any, durable: bool = False, **kwargs: Any):
-        check_queue_name(name)
-        super().__init__(name, *args, **kwargs)
+    # RQ change: ``durable`` (see above). Any name builds a queue object, as RQ's own code does
+    # (``Queue(job.origin)``); an odd name is refused at enqueue (see create_job).
+    @rq_signature(RQQueue.__init__)
+    def __init__(self, *, durable: bool = False, **arguments: Any) -> None:
+        super().__init__(**arguments)
         self.durable = durable
 
     @property
@@ -113,13 +116,14 @@ class Queue(RQQueue):
         kwargs["meta"] = with_priority(kwargs.get("meta"), priority)
         return super().enqueue(f, *args, **kwargs)
 
-    def enqueue_call(self, *args: Any, priority: int | None = None, **kwargs: Any) -> Job:
-        """``rq.Queue.enqueue_call`` with a ``priority`` keyword.
+    @rq_signature(RQQueue.enqueue_call)
+    def enqueue_call(self, *, priority: int | None = None, **arguments: Any) -> Job:
+        """``rq.Queue.enqueue_call`` with a ``priority`` keyword; RQ's options positional or by name.
 
         Usage: ``queue.enqueue_call(func=report, args=(7,), priority=1)``
         """
-        kwargs["meta"] = with_priority(kwargs.get("meta"), priority)
-        return super().enqueue_call(*args, **kwargs)
+        arguments["meta"] = with_priority(arguments.get("meta"), priority)
+        return super().enqueue_call(**arguments)
 
     def enqueue_at(self, datetime: datetime, f: Any, *args: Any, priority: int | None = None, **kwargs: Any) -> Job:
         """Schedule a job for ``datetime``; when due it is queued at its priority (``enqueue_in`` too).
@@ -131,13 +135,14 @@ class Queue(RQQueue):
         return super().enqueue_at(datetime, f, *args, **kwargs)
 
     @staticmethod
-    def prepare_data(*args: Any, priority: int | None = None, **kwargs: Any) -> EnqueueData:
+    @rq_signature(RQQueue.prepare_data)
+    def prepare_data(*, priority: int | None = None, **arguments: Any) -> EnqueueData:
         """``rq.Queue.prepare_data`` with a ``priority`` keyword, for ``enqueue_many``.
 
         Usage: ``queue.enqueue_many([Queue.prepare_data(report, (1,), priority=0)])``
         """
-        kwargs["meta"] = with_priority(kwargs.get("meta"), priority)
-        return RQQueue.prepare_data(*args, **kwargs)
+        arguments["meta"] = with_priority(arguments.get("meta"), priority)
+        return RQQueue.prepare_data(**arguments)
 
     # RQ change: RQ registers the queue (SADD rq:queues) in a round trip of its own, then saves the
     # job and pushes its id in a MULTI/EXEC; a plain enqueue here is one script (``ENQUEUE`` in
@@ -165,15 +170,17 @@ class Queue(RQQueue):
                  give_up_after=self.enqueue_retry_seconds)
         return job
 
-    # RQ change: every job is checked before anything is written: a validated priority in its
-    # meta (default 5, so paths that bypass the keyword above are checked too), a function a
-    # worker can import by name, arguments that serialize within the size limit, and for a
-    # durable queue, a durable Redis. (RQ finds bad arguments only while saving, after it has
-    # already registered the queue.)
-    def create_job(self, *args: Any, **kwargs: Any) -> Job:
-        check_job_function(args[0] if args else kwargs.get("func"))
-        kwargs["meta"] = with_priority(kwargs.get("meta"), None)
-        job = super().create_job(*args, **kwargs)
+    # RQ change: every job is checked before anything is written: a queue name that can name a
+    # queue (see check_queue_name), a validated priority in its meta (default 5, so paths that
+    # bypass the keyword above are checked too), a function a worker can import by name,
+    # arguments that serialize within the size limit, and for a durable queue, a durable Redis.
+    # (RQ finds bad arguments only while saving, after it has already registered the queue.)
+    @rq_signature(RQQueue.create_job)
+    def create_job(self, **arguments: Any) -> Job:
+        check_queue_name(self.name)
+        check_job_function(arguments["func"])
+        arguments["meta"] = with_priority(arguments.get("meta"), None)
+        job = super().create_job(**arguments)
         self._check_payload(job)
         if self.durable:
             require_durable(self.connection)
@@ -193,8 +200,8 @@ class Queue(RQQueue):
                              "(RQPLUS_MAX_PAYLOAD_BYTES): store large inputs elsewhere and pass their key")
 
     # RQ change: also writes the priority as a plain hash field, readable by the Lua insert.
-    def _persist_job(self, job: Job, pipeline: Pipeline, *args: Any, **kwargs: Any) -> None:
-        super()._persist_job(job, pipeline, *args, **kwargs)
+    def _persist_job(self, job: Job, pipeline: Pipeline, status: JobStatus = JobStatus.QUEUED) -> None:
+        super()._persist_job(job, pipeline, status)
         pipeline.hset(job.key, PRIORITY_KEY, priority_of(job))
 
     # RQ change: RPUSH/LPUSH becomes the ordered insert, so the list stays in run order.
@@ -291,10 +298,12 @@ class Queue(RQQueue):
     # the intermediate list to the failed registry with the reason, and the worker goes on with the
     # next job. Redis faults still propagate (the worker waits them out).
     @classmethod
-    def dequeue_any(cls, queues: Any, timeout: int | None, connection: Redis, *args: Any, **kwargs: Any):
+    def dequeue_any(cls, queues: Iterable[RQQueue], timeout: int | None, connection: Redis,
+                    job_class: type[Job] | None = None, serializer: Any = None,
+                    death_penalty_class: type[BaseDeathPenalty] | None = None) -> tuple[Job, RQQueue] | None:
         while True:
             try:
-                return super().dequeue_any(queues, timeout, connection, *args, **kwargs)
+                return super().dequeue_any(queues, timeout, connection, job_class, serializer, death_penalty_class)
             except (DequeueTimeout, *TRANSIENT):
                 raise
             except Exception as error:

@@ -26,8 +26,8 @@ class PriorityScheduler(RQScheduler):
     # RQ change: Redis faults (unreachable, loading, out of memory) are waited out in each step of
     # the scheduler's loop; RQ's scheduler process dies on them and is started again only at the
     # worker's next maintenance pass (10 minutes by default).
-    def acquire_locks(self, *args: Any, **kwargs: Any) -> Any:
-        return wait_out(partial(super().acquire_locks, *args, **kwargs), self.log, "Scheduler")
+    def acquire_locks(self, auto_start: bool = False) -> Any:
+        return wait_out(partial(super().acquire_locks, auto_start), self.log, "Scheduler")
 
     # RQ change: see acquire_locks.
     def heartbeat(self) -> None:

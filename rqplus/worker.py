@@ -26,7 +26,7 @@ from rq.job import Job
 from rq.utils import as_text, utcformat
 
 from rqplus.allowlist import refusal
-from rqplus.compat import WorkerCompat, execution_option
+from rqplus.compat import WorkerCompat, rq_signature
 from rqplus.durability import check
 from rqplus.exceptions import DurabilityError, WorkLoopError
 from rqplus.faults import MAX_WAIT, TRANSIENT, wait_out
@@ -67,8 +67,9 @@ class Worker(WorkerCompat, RQWorker):
     _last_rescue = 0.0
     _fatal: Exception | None = None  # the unexpected error RQ's work loop stopped on, if any
 
-    def __init__(self, *args: Any, max_rescues: int | None = None, rescue_interval: int | None = None,
-                 **kwargs: Any):
+    @rq_signature(RQWorker.__init__)
+    def __init__(self, *, max_rescues: int | None = None, rescue_interval: int | None = None,
+                 **arguments: Any) -> None:
         env = os.environ
         self.max_rescues = int(env.get("RQPLUS_MAX_RESCUES", self.max_rescues)) if max_rescues is None else max_rescues
         self.rescue_interval = (int(env.get("RQPLUS_RESCUE_INTERVAL", self.rescue_interval))
@@ -76,7 +77,7 @@ class Worker(WorkerCompat, RQWorker):
         if self.max_rescues < 0 or self.rescue_interval < 1:
             raise ValueError("max_rescues must be >= 0 and rescue_interval >= 1 second")
         self.identity = worker_identity(type(self), self.concurrency)
-        super().__init__(*args, **kwargs)
+        super().__init__(**arguments)
         # RQ change: job data is read with the restricted unpickler and job functions resolve
         # through the allow-list (RQ: pickle.loads and import_attribute), in every queue's fetch too
         # (on copies of the queues: a Queue object the caller passed in keeps its own classes)
@@ -128,9 +129,10 @@ class Worker(WorkerCompat, RQWorker):
 
     # RQ change: RQ's loop logs an unexpected error and returns as after a requested stop (`rq
     # worker` exits 0); here the error is raised again after RQ's teardown, so the exit code is 1.
-    def work(self, *args: Any, **kwargs: Any) -> bool:
+    @rq_signature(RQWorker.work)
+    def work(self, **arguments: Any) -> bool:
         self._fatal = None
-        worked = super().work(*args, **kwargs)
+        worked = super().work(**arguments)
         if self._fatal is not None:
             raise WorkLoopError(f"Worker {self.name} stopped on an unexpected error: {self._fatal!r}") from self._fatal
         return worked
@@ -181,9 +183,10 @@ class Worker(WorkerCompat, RQWorker):
     # Redis unreachable while the horse runs is not fatal (RQ's worker quits and leaves the horse
     # running unwatched): the beat is skipped; the liveness key outlasts a few missed beats.
     # (rq 3.0 passes the running execution too)
-    def maintain_heartbeats(self, job: Job, *execution: Any) -> None:
+    @rq_signature(RQWorker.maintain_heartbeats)
+    def maintain_heartbeats(self, job: Job, **execution: Any) -> None:
         try:
-            super().maintain_heartbeats(job, *execution)
+            super().maintain_heartbeats(job, **execution)
         except TRANSIENT as error:
             self.log.warning("Worker %s: heartbeat for job %s failed, Redis unavailable (%s); the job keeps running",
                              self.name, job.id, error)
@@ -240,26 +243,30 @@ class Worker(WorkerCompat, RQWorker):
     # RQ's horse takes such a fault for the job's own failure or dies with the outcome unwritten,
     # and the job then ran a second time after its rescue; here the outcome is kept in the horse
     # and written once Redis serves again, so a job that ran is recorded finished or failed, once.
-    def handle_execution_ended(self, *args: Any, **kwargs: Any) -> None:
-        self.redis_call(super().handle_execution_ended, *args, **kwargs)
+    @rq_signature(RQWorker.handle_execution_ended)
+    def handle_execution_ended(self, **arguments: Any) -> None:
+        self.redis_call(super().handle_execution_ended, **arguments)
 
     # RQ change: see handle_execution_ended (the signatures differ between rq 2.12 and 3.0).
     # (rq 3.0: the job's end frees its RateLimit slot and admits waiting jobs at the tail: see
     # _record_end)
-    def handle_job_success(self, job: Job, *args: Any, **kwargs: Any) -> None:
-        self._record_end(super().handle_job_success, job, *args, **kwargs)
+    @rq_signature(RQWorker.handle_job_success)
+    def handle_job_success(self, job: Job, **arguments: Any) -> None:
+        self._record_end(super().handle_job_success, job, **arguments)
 
     # RQ change: see handle_execution_ended and handle_job_success.
-    def handle_job_failure(self, job: Job, *args: Any, **kwargs: Any) -> Any:
-        return self._record_end(super().handle_job_failure, job, *args, **kwargs)
+    @rq_signature(RQWorker.handle_job_failure)
+    def handle_job_failure(self, job: Job, **arguments: Any) -> Any:
+        return self._record_end(super().handle_job_failure, job, **arguments)
 
     # RQ change: see handle_execution_ended and handle_job_success.
-    def handle_job_retry(self, job: Job, *args: Any, **kwargs: Any) -> None:
-        self._record_end(super().handle_job_retry, job, *args, **kwargs)
+    @rq_signature(RQWorker.handle_job_retry)
+    def handle_job_retry(self, job: Job, **arguments: Any) -> None:
+        self._record_end(super().handle_job_retry, job, **arguments)
 
-    def _record_end(self, handler: Callable[..., T], job: Job, *args: Any, **kwargs: Any) -> T:
+    def _record_end(self, handler: Callable[..., T], job: Job, **arguments: Any) -> T:
         since = utcformat(datetime.now(UTC))
-        result = self.redis_call(handler, job, *args, **kwargs)
+        result = self.redis_call(handler, job, **arguments)
         self.redis_call(reposition_admitted, self.connection, job, since)
         return result
 
@@ -309,14 +316,15 @@ class Worker(WorkerCompat, RQWorker):
     # RQ change: the work-horse first resolves the job's function and callbacks through the
     # allow-list; a refused job fails (no retry) with the reason, and nothing of it is called.
     # (rq 3.0 passes the running execution, 2.12 keeps it on the worker: see rqplus.compat)
-    def perform_job(self, job: Job, queue: Queue, *execution: Any) -> bool:
+    @rq_signature(RQWorker.perform_job)
+    def perform_job(self, job: Job, queue: Queue, **execution: Any) -> bool:
         reason = refusal(job)
         if reason is None:
-            return super().perform_job(job, queue, *execution)
+            return super().perform_job(job, queue, **execution)
         self.log.error("Worker %s: refused job %s: %s", self.name, job.id, reason)
         self.connection.lrem(queue.intermediate_queue_key, 1, job.id)  # RQ's prepare step would read the job data
         stop_retries(job)  # a forbidden function stays forbidden
-        self.handle_job_failure(job, queue, exc_string=reason, **execution_option(*execution))
+        self.handle_job_failure(job, queue, exc_string=reason, **execution)
         return False
 
     # RQ change: rescue dead workers' jobs before RQ's cleanup would fail them as abandoned.
@@ -371,9 +379,10 @@ class Worker(WorkerCompat, RQWorker):
 
     # RQ change: the durability check runs first, so under `strict` a refused worker writes no key;
     # a queue name Redis has never seen is reported (a typo would otherwise wait silently forever).
-    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+    @rq_signature(RQWorker.bootstrap)
+    def bootstrap(self, **arguments: Any) -> None:
         self.redis_call(self.check_durability)
-        super().bootstrap(*args, **kwargs)
+        super().bootstrap(**arguments)
         known = {key.decode() for key in self.redis_call(self.connection.smembers, self.queue_class.redis_queues_keys)}
         for queue in self.queues:
             if queue.key not in known:

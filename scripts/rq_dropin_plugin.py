@@ -10,13 +10,16 @@ Three jobs, all switched by environment variables set by the shell script:
   port 6379: the machine's own Redis is never touched. Connection *kwargs* are left as they are,
   so tests that inspect them still see 6379.
 
-* **Substitution** (``RQ_DROPIN_SUBSTITUTE=1``). Only the test suite's own references change,
-  exactly as a user's code would by switching its imports: in modules named ``tests`` or
-  ``tests.*`` (and only there), ``from rq import Queue, Worker``, ``from rq.queue import Queue``
-  and ``from rq.worker import Worker`` bind ``rqplus.Queue``/``rqplus.Worker``. This happens at
-  import time, so test-defined subclasses (``class CustomQueue(Queue)``) subclass rqplus's class
-  too. rq itself is not patched: its modules keep their own ``Queue``/``Worker``, its CLI defaults
-  stay ``rq.Queue``/``rq.Worker``, ``SimpleWorker`` etc. stay RQ's.
+* **Substitution at the source** (``RQ_DROPIN_SUBSTITUTE=rqplus`` or ``identity``). Before any
+  test module is imported, the stock classes are replaced wherever rq holds them: ``rq.Queue``,
+  ``rq.queue.Queue``, ``rq.Worker``, ``rq.worker.Worker``, the other rq modules' globals, class
+  attributes (``BaseWorker.queue_class``, the ``@job`` decorator's) and defaults (``rq
+  worker-pool``'s ``WorkerPool``), so every name RQ resolves (the CLI's ``rq.Queue``/``rq.Worker``
+  defaults, ``Worker(queue_class='rq.Queue')``, ``import_queue_class``) and every test import
+  gets the substitute, and test-defined subclasses subclass it. ``rqplus`` substitutes
+  ``rqplus.Queue``/``rqplus.Worker``; ``identity`` substitutes ``class Queue(rq.Queue): pass`` and
+  its Worker: what fails with those is an artifact of substituting at all, not of rqplus.
+  ``SimpleWorker`` etc. stay RQ's (subclasses of the stock Worker).
 
 * **Results** (``RQ_DROPIN_RESULTS=<file.jsonl>``). One JSON line per test outcome, written as the
   run goes (a run killed by the outer timeout still leaves its results and the test that hung).
@@ -24,14 +27,13 @@ Three jobs, all switched by environment variables set by the shell script:
 Loaded in the pytest process with ``-p rq_dropin_plugin`` and in every child Python process
 through a generated ``sitecustomize.py`` (the script puts both on ``PYTHONPATH``).
 
-``python scripts/rq_dropin_plugin.py compare ...`` writes the baseline-vs-rqplus summary; see
+``python scripts/rq_dropin_plugin.py compare ...`` writes the stock-vs-identity-vs-rqplus summary; see
 ``main``.
 """
 
 from __future__ import annotations
 
 import argparse
-import builtins
 import json
 import os
 import socket
@@ -88,52 +90,89 @@ def install_redis_redirect() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Substitution of Queue/Worker in the test suite's imports
+# Substitution of Queue/Worker at the source
 # --------------------------------------------------------------------------------------------
 
-#: module imported from -> names that become rqplus's
-SUBSTITUTED_IMPORTS = {"rq": ("Queue", "Worker"), "rq.queue": ("Queue",), "rq.worker": ("Worker",)}
+#: RQ_DROPIN_SUBSTITUTE value -> what replaces rq's Queue/Worker
+MODES = ("rqplus", "identity")
 
 
-def _is_test_code(globals_: Any) -> bool:
-    name = (globals_ or {}).get("__name__") or ""
-    return name == "tests" or name.startswith("tests.")
+def identity_classes() -> tuple[type, type]:
+    """``class Queue(rq.Queue): pass`` and its Worker, importable as ``rq_dropin_plugin.Queue``/``.Worker``:
+    substituted like rqplus's, they show which failures come from substituting a subclass at all."""
+    import rq
+
+    queue = type("Queue", (rq.Queue,), {"__module__": __name__})
+    worker = type("Worker", (rq.Worker,), {"__module__": __name__, "queue_class": queue})
+    globals().update(Queue=queue, Worker=worker)
+    return queue, worker
 
 
-class _SubstitutedModule(types.ModuleType):
-    """What ``from rq import Queue`` sees from test code: the real module, but rqplus's classes."""
+def _rebind(holder: dict[str, Any], substitutes: dict[int, Any]) -> int:
+    """Replace, in a module's or class's namespace, every value that is a stock class; count them."""
+    count = 0
+    for attr, value in list(holder.items()):
+        if id(value) in substitutes:
+            holder[attr] = substitutes[id(value)]
+            count += 1
+    return count
 
-    def __init__(self, real: types.ModuleType, overrides: dict[str, Any]):
-        super().__init__(real.__name__, real.__doc__)
-        self.__dict__.update(overrides)
-        self.__dict__["_rq_dropin_real"] = real
 
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self.__dict__["_rq_dropin_real"], attr)
+def _rebind_defaults(function: Any, substitutes: dict[int, Any]) -> int:
+    function = getattr(function, "__func__", function)
+    if not isinstance(function, types.FunctionType):
+        return 0
+    count = 0
+    if function.__defaults__ and any(id(d) in substitutes for d in function.__defaults__):
+        function.__defaults__ = tuple(substitutes.get(id(d), d) for d in function.__defaults__)
+        count += 1
+    if function.__kwdefaults__:
+        count += _rebind(function.__kwdefaults__, substitutes)
+    return count
+
+
+def substitute_at_source(queue: type, worker: type) -> int:
+    """Bind ``queue``/``worker`` wherever rq's already imported modules hold the stock classes:
+    module globals (``rq.Queue``, ``rq.queue.Queue``, ``rq.worker.Worker``, ``rq.decorators.Queue``
+    ...), class attributes of rq's classes (``BaseWorker.queue_class``, ``job.queue_class``) and
+    function defaults (``WorkerPool(worker_class=Worker, queue_class=Queue)``). rq modules imported
+    later import the substitutes from there, and the names RQ resolves (``'rq.Queue'``, the CLI's
+    defaults, ``Worker(queue_class='rq.Queue')``, ``import_queue_class``) find them. Returns how
+    many references changed.
+    """
+    import rq
+
+    substitutes = {id(rq.Queue): queue, id(rq.Worker): worker}
+    count = 0
+    for name, module in list(sys.modules.items()):
+        if not (name == "rq" or name.startswith("rq.")) or module is None:
+            continue
+        count += _rebind(module.__dict__, substitutes)
+        for value in list(vars(module).values()):
+            if isinstance(value, type) and value.__module__ == name:
+                for attr, member in list(vars(value).items()):
+                    if id(member) in substitutes:
+                        setattr(value, attr, substitutes[id(member)])
+                        count += 1
+                    else:
+                        count += _rebind_defaults(member, substitutes)
+            elif getattr(value, "__module__", None) == name:
+                count += _rebind_defaults(value, substitutes)
+    return count
 
 
 def install_substitution() -> None:
-    if os.environ.get("RQ_DROPIN_SUBSTITUTE") != "1" or "substitute" in _installed:
+    mode = os.environ.get("RQ_DROPIN_SUBSTITUTE")
+    if mode not in MODES or "substitute" in _installed:
         return
     _installed.add("substitute")
-    original_import = builtins.__import__
-    proxies: dict[str, _SubstitutedModule] = {}
+    if mode == "identity":
+        queue, worker = identity_classes()
+    else:
+        import rqplus  # first: it subclasses the stock classes
 
-    def substituting_import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
-        module = original_import(name, globals, locals, fromlist, level)
-        if level or not fromlist or name not in SUBSTITUTED_IMPORTS or not _is_test_code(globals):
-            return module
-        if not set(fromlist) & set(SUBSTITUTED_IMPORTS[name]):
-            return module
-        proxy = proxies.get(name)
-        if proxy is None:
-            import rqplus
-
-            overrides = {attr: getattr(rqplus, attr) for attr in SUBSTITUTED_IMPORTS[name]}
-            proxy = proxies[name] = _SubstitutedModule(module, overrides)
-        return proxy
-
-    builtins.__import__ = substituting_import
+        queue, worker = rqplus.Queue, rqplus.Worker
+    substitute_at_source(queue, worker)
 
 
 def install() -> None:
@@ -161,10 +200,13 @@ def _record(entry: dict[str, Any]) -> None:
     _results_file.write(json.dumps(entry) + "\n")
 
 
+def _mode() -> str:
+    return os.environ.get("RQ_DROPIN_SUBSTITUTE", "stock") if "substitute" in _installed else "stock"
+
+
 def pytest_report_header(config: Any) -> list[str]:
-    mode = "rqplus.Queue/rqplus.Worker substituted" if "substitute" in _installed else "stock rq (baseline)"
     port = os.environ.get("RQ_DROPIN_REDIS_PORT", "?")
-    return [f"rq_dropin: {mode}; Redis: private server on 127.0.0.1:{port} (6379 redirected)"]
+    return [f"rq_dropin: Queue/Worker: {_mode()}; Redis: private server on 127.0.0.1:{port} (6379 redirected)"]
 
 
 def pytest_sessionstart(session: Any) -> None:
@@ -176,31 +218,36 @@ def pytest_sessionstart(session: Any) -> None:
         port = int(connection.info("server")["tcp_port"])
     if port != int(os.environ["RQ_DROPIN_REDIS_PORT"]):
         raise RuntimeError(f"rq_dropin: Redis() reached port {port}, not the private server")
-    _record({"event": "session", "mode": "rqplus" if "substitute" in _installed else "stock", "time": time.time()})
+    _record({"event": "session", "mode": _mode(), "time": time.time()})
 
 
 def pytest_collection_finish(session: Any) -> None:
-    """In substitution mode, check that every test module's ``Queue``/``Worker`` is rqplus's."""
+    """When substituting, check that rq's names and every test module's ``Queue``/``Worker`` are the
+    substitutes, and record where rqplus was imported from."""
     if "substitute" not in _installed:
         return
     import rq
-    import rqplus
+    import rq.queue
+    import rq.worker
 
-    stock = {"Queue": rq.Queue, "Worker": rq.Worker}
-    plus = {"Queue": rqplus.Queue, "Worker": rqplus.Worker}
+    expected = {"Queue": rq.queue.Queue, "Worker": rq.worker.Worker}
+    if rq.Queue.__module__.startswith("rq.") or rq.Worker.__module__.startswith("rq."):
+        raise RuntimeError(f"rq_dropin: rq.Queue is {rq.Queue}, rq.Worker is {rq.Worker}: not substituted")
     substituted, leaked = 0, []
     for name, module in list(sys.modules.items()):
         if not (name == "tests" or name.startswith("tests.")):
             continue
-        for attr in ("Queue", "Worker"):
-            value = getattr(module, attr, None)
-            if value is plus[attr]:
+        for attr, value in expected.items():
+            found = getattr(module, attr, None)
+            if found is value:
                 substituted += 1
-            elif value is stock[attr]:
+            elif isinstance(found, type) and found.__module__.startswith("rq.") and found.__name__ == attr:
                 leaked.append(f"{name}.{attr}")
     if leaked:
         raise RuntimeError(f"rq_dropin: substitution missed {leaked}")
-    _record({"event": "substituted", "count": substituted, "rqplus": os.path.dirname(rqplus.__file__)})
+    rqplus = sys.modules.get("rqplus")
+    _record({"event": "substituted", "count": substituted, "mode": _mode(),
+             "rqplus": os.path.dirname(os.path.realpath(rqplus.__file__)) if rqplus else None})
 
 
 def _one_line(report: Any) -> str:
@@ -341,16 +388,19 @@ def read_known(path: Path) -> dict[str, str]:
 
 def compare(args: argparse.Namespace) -> int:
     baseline, rqplus = Run(Path(args.baseline)), Run(Path(args.rqplus))
+    identity = Run(Path(args.identity)) if args.identity else None
     rerun = Run(Path(args.rerun)) if args.rerun else None
     known = read_known(Path(args.known))
     times = dict(item.split("=", 1) for item in args.time or [])
 
-    regressions, flaky, allowed, fixed, both_bad, stale = [], [], [], [], [], []
+    regressions, flaky, allowed, artifacts, fixed, both_bad, stale = [], [], [], [], [], [], []
     for nodeid in sorted(set(baseline.results) | set(rqplus.results)):
         before, after = baseline.outcome(nodeid), rqplus.outcome(nodeid)
         if after in BAD and before not in BAD:
             reason = rqplus.results[nodeid]["reason"]
-            if nodeid in known:
+            if identity is not None and identity.outcome(nodeid) in BAD:
+                artifacts.append((nodeid, reason, identity.results[nodeid]["reason"]))
+            elif nodeid in known:
                 allowed.append((nodeid, known[nodeid], reason))
             elif rerun is not None and rerun.outcome(nodeid) == "passed":
                 flaky.append((nodeid, reason))
@@ -361,23 +411,24 @@ def compare(args: argparse.Namespace) -> int:
         elif before in BAD and after == "passed":
             fixed.append(nodeid)
     for nodeid in known:
-        if rqplus.outcome(nodeid) == "passed":
+        if rqplus.outcome(nodeid) == "passed" or nodeid in {artifact for artifact, _, _ in artifacts}:
             stale.append(nodeid)
 
     out: list[str] = []
     w = out.append
     w(f"RQ drop-in compatibility: rq {args.rq_version} test suite, stock rq vs rqplus.Queue/rqplus.Worker")
-    w(f"(rqplus mode: test modules' Queue/Worker bound to rqplus's: {rqplus.substituted} bindings checked;"
-      f" rqplus from {rqplus.rqplus_path})")
+    w(f"(substituted at the source, rq's own names included; rqplus run: {rqplus.substituted} test-module"
+      f" bindings checked, rqplus imported from {rqplus.rqplus_path})")
     w("")
     w(f"{'':10}" + "".join(f"{o:>9}" for o in OUTCOMES) + f"{'total':>8}{'wall s':>9}  complete")
-    for label, run in (("baseline", baseline), ("rqplus", rqplus)):
+    runs = [("baseline", baseline), *([("identity", identity)] if identity is not None else []), ("rqplus", rqplus)]
+    for label, run in runs:
         counts = run.counts()
         w(f"{label:10}" + "".join(f"{counts[o]:>9}" for o in OUTCOMES)
           + f"{sum(counts.values()):>8}{times.get(label, '?'):>9}  {'yes' if run.finished else 'NO'}")
     if rerun is not None:
         w(f"rerun of {len(rerun.results)} failing test(s) in rqplus mode: {times.get('rerun', '?')} s")
-    for label, run in (("baseline", baseline), ("rqplus", rqplus)):
+    for label, run in runs:
         if not run.finished:
             w(f"!! {label} run did not finish (crash or timeout); last test started: {run.hung()}")
     w("")
@@ -388,6 +439,11 @@ def compare(args: argparse.Namespace) -> int:
     w(f"Pass on stock, fail with rqplus, deliberate (in {Path(args.known).name}) ({len(allowed)}):")
     for nodeid, why, reason in allowed:
         w(f"  {nodeid}\n      deliberate: {why}\n      failure:    {reason}")
+    if identity is not None:
+        w("")
+        w(f"Fail with an identity subclass of rq's classes too, artifacts of substituting ({len(artifacts)}):")
+        for nodeid, reason, identity_reason in artifacts:
+            w(f"  {nodeid}\n      rqplus:   {reason}\n      identity: {identity_reason}")
     if flaky:
         w("")
         w(f"Failed with rqplus but passed on rerun, counted as flaky ({len(flaky)}):")
@@ -403,14 +459,14 @@ def compare(args: argparse.Namespace) -> int:
         w(f"Fail on stock, pass with rqplus ({len(fixed)}): " + ", ".join(fixed))
     if stale:
         w("")
-        w(f"Known differences that now pass with rqplus (remove them from the list?) ({len(stale)}):")
+        w(f"Known differences that pass with rqplus or are artifacts (remove them from the list?) ({len(stale)}):")
         for nodeid in stale:
             w(f"  {nodeid}")
 
     status = 0
     if regressions:
         status = 1
-    if not rqplus.finished or not baseline.finished:
+    if not all(run.finished for _, run in runs):
         status = 1
     w("")
     w("RESULT: " + ("OK, only known differences" if status == 0 else "FAIL"))
@@ -430,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     cmp = sub.add_parser("compare", help="compare a baseline and an rqplus run (JSONL results)")
     cmp.add_argument("--baseline", required=True)
     cmp.add_argument("--rqplus", required=True)
+    cmp.add_argument("--identity", help="results of the run with identity subclasses of rq's classes")
     cmp.add_argument("--rerun", help="results of rerunning the unexplained failures in rqplus mode")
     cmp.add_argument("--known", required=True, help="allow-list of deliberate differences")
     cmp.add_argument("--out", required=True, help="summary file to write")
