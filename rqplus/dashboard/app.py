@@ -124,6 +124,7 @@ class Server:
             dispatcher.shutdown()
             raise
         self._thread: threading.Thread | None = None
+        self._stopping = False
 
     @property
     def listening(self) -> list[tuple[str, int]]:
@@ -157,14 +158,24 @@ class Server:
 
         Usage: ``server.start(); ...; server.stop()``
         """
-        self._thread = threading.Thread(target=self.waitress.run, name="rqplus-dashboard", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="rqplus-dashboard", daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self.waitress.run()
+        except (OSError, ValueError):
+            # stop() closes the sockets while the loop may sit in select() on them (EBADF): that
+            # is the loop's end, not an error; anything before a stop is
+            if not self._stopping:
+                raise
 
     def stop(self) -> None:
         """Stop serving: sockets and connections closed, worker threads ended (idempotent).
 
         Usage: ``server.stop()``
         """
+        self._stopping = True
         self.waitress.task_dispatcher.shutdown()
         wasyncore.close_all(self.waitress.map if isinstance(self.waitress, MultiSocketServer) else self.waitress._map)
         if self._thread is not None:
