@@ -24,7 +24,7 @@ from redis import Redis
 from redis.client import Pipeline
 from rq import Queue as RQQueue
 from rq.defaults import DEFAULT_FAILURE_TTL
-from rq.exceptions import DequeueTimeout
+from rq.exceptions import DequeueTimeout, InvalidJobOperation, NoSuchJobError
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.queue import EnqueueData
@@ -270,6 +270,21 @@ class Queue(RQQueue):
         job = self.failed_job_registry.requeue(job_or_id, at_front=at_front)
         self.reposition(job.id, at_front=at_front)
         return job
+
+    def requeue_failed_many(self, job_ids: Sequence[str]) -> int:
+        """Requeue failed jobs of this queue, each at its own priority; returns how many were requeued.
+        Ids no longer in the failed registry, or whose job is gone, are skipped.
+
+        Usage: ``queue.requeue_failed_many(queue.failed_job_registry.get_job_ids(0, 999))``
+        """
+        requeued = 0
+        for job_id in job_ids:
+            try:
+                self.requeue_failed(job_id)
+            except (InvalidJobOperation, NoSuchJobError):
+                continue
+            requeued += 1
+        return requeued
 
     # RQ change: with several queues RQ pops with BLPOP, and a worker killed between the pop and
     # its bookkeeping loses the job. Here the head of the first non-empty queue moves atomically
