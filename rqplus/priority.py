@@ -1,10 +1,16 @@
-"""Job priority: the accepted range, validation, and where a job keeps its priority.
+"""Job priority: the accepted range, validation, and where queued jobs wait in priority order.
 
-A job's priority is stored twice, on purpose:
+A job's priority is ``job.meta["priority"]``. A queue keeps its waiting jobs in two places:
 
-* ``job.meta["priority"]`` so Python code, ``rq info`` style tools and the dashboard can see it;
-* a plain ``priority`` field in the job hash, so the Lua insert in :mod:`rqplus.scripts` can
-  compare jobs without deserialising anything.
+* the *window*: RQ's own LIST ``rq:queue:<name>``, holding the most urgent jobs (at most
+  ``rqplus.scripts.WINDOW``) in run order, so RQ's dequeue, ``rq info`` and rq-dashboard read an
+  ordered list; the priority of each job in it is kept beside it (:func:`window_key`), so the Lua
+  insert compares jobs without reading job hashes;
+* the *backlog*: one FIFO list per priority level (:func:`backlog_key`) holding the rest. Every job
+  in the window runs before every job in the backlog; each rqplus pop refills the window.
+
+So an insert costs O(window), never O(backlog). The Lua that keeps this order is ``_INSERT`` in
+:mod:`rqplus.scripts`; ``rqplus.Queue`` counts and lists both parts as one queue.
 
 Usage::
 
@@ -22,8 +28,10 @@ from rq.job import Job
 
 from rqplus.defaults import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
-#: Key under which the priority is kept in ``job.meta`` and in the job hash.
+#: Key under which the priority is kept in ``job.meta``.
 PRIORITY_KEY = "priority"
+#: Every priority level, most urgent first.
+LEVELS = range(MIN_PRIORITY, MAX_PRIORITY + 1)
 
 _RANGE = f"an int from {MIN_PRIORITY} (most urgent) to {MAX_PRIORITY} (least urgent)"
 
@@ -67,3 +75,27 @@ def priority_of(job: Job) -> int:
         return validate_priority(stored)
     except (TypeError, ValueError):
         return DEFAULT_PRIORITY
+
+
+def window_key(queue_name: str) -> str:
+    """The hash of job id -> priority for the jobs in a queue's window (its RQ list).
+
+    Usage: ``window_key("emails") == "rqplus:window:emails"``
+    """
+    return f"rqplus:window:{queue_name}"
+
+
+def backlog_prefix(queue_name: str) -> str:
+    """The key prefix of a queue's backlog lists; the level's number completes the key.
+
+    Usage: ``backlog_prefix("emails") == "rqplus:backlog:emails:"``
+    """
+    return f"rqplus:backlog:{queue_name}:"
+
+
+def backlog_key(queue_name: str, level: int) -> str:
+    """The backlog list of one priority level of a queue: its jobs beyond the window, FIFO.
+
+    Usage: ``backlog_key("emails", 9) == "rqplus:backlog:emails:9"``
+    """
+    return f"{backlog_prefix(queue_name)}{level}"

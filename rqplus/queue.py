@@ -1,8 +1,10 @@
 """``rqplus.Queue``: an RQ queue whose jobs run most-urgent first.
 
-The queue stays RQ's LIST at ``rq:queue:<name>``, kept in run order at insert time by the Lua
-script in :mod:`rqplus.scripts`. So RQ's reliable single-queue BLMOVE dequeue, ``rq info``,
-rq-dashboard and even a stock ``rq worker`` see one ordinary queue, already sorted.
+The most urgent jobs (up to ``rqplus.scripts.WINDOW``) wait in RQ's LIST at ``rq:queue:<name>``,
+kept in run order at insert time by the Lua script in :mod:`rqplus.scripts`; the rest wait in one
+backlog list per priority level (see :mod:`rqplus.priority`), and every rqplus pop refills the
+list. So an enqueue costs the same at any backlog, and RQ's dequeue, ``rq info`` and rq-dashboard
+read one ordinary, already sorted list; this class counts and lists the backlog as part of the queue.
 
 Usage::
 
@@ -33,10 +35,14 @@ from rq.utils import as_text, current_timestamp, parse_timeout, str_to_date, utc
 
 from rqplus.compat import RateLimitRegistry, rate_limited, rq_signature
 from rqplus.defaults import DEFAULT_PRIORITY, MAX_PAYLOAD_BYTES, MAX_QUEUE_NAME
+
+#: Failed jobs requeued per script by ``Queue.requeue_failed_many``.
+REQUEUE_BATCH = 1000
 from rqplus.durability import require_durable
 from rqplus.faults import REDIS_DOWN, TRANSIENT, wait_out
-from rqplus.priority import PRIORITY_KEY, priority_of, with_priority
-from rqplus.scripts import enqueue, priority_insert, quarantine, reliable_fetch, wake_key
+from rqplus.priority import LEVELS, backlog_key, backlog_prefix, priority_of, window_key, with_priority
+from rqplus.scripts import (MERGE_BACKLOG, REFILL, enqueue, priority_insert, quarantine, reliable_fetch,
+                            requeue_failed, run, wake_key)
 
 #: The job hash fields RQ parses when it loads a job, each with a parser of its text: a job whose
 #: hash fails one of them is quarantined with a reason naming the field.
@@ -98,11 +104,107 @@ class Queue(RQQueue):
     def __init__(self, *, durable: bool = False, **arguments: Any) -> None:
         super().__init__(**arguments)
         self.durable = durable
+        self._pushing: dict[str, int] = {}  # job id -> priority, for push_job_id (RQ passes it the id only)
+        self._bulk: dict[int, list[tuple[str, int, bool, bool]]] = {}  # id(pipeline) -> pushes, see enqueue_many
 
     @property
     def wake_key(self) -> str:
         """The list that wakes multi-queue workers when a job is pushed here."""
         return wake_key(self.name)
+
+    @property
+    def window_key(self) -> str:
+        """The hash of priorities of the jobs in this queue's RQ list (see :mod:`rqplus.priority`)."""
+        return window_key(self.name)
+
+    @property
+    def backlog_keys(self) -> list[str]:
+        """This queue's backlog lists, most urgent level first (see :mod:`rqplus.priority`)."""
+        return [backlog_key(self.name, level) for level in LEVELS]
+
+    @property
+    def _order_keys(self) -> tuple[str, str, str]:
+        return self.key, self.wake_key, self.window_key
+
+    def _insert(self, connection: Redis | Pipeline, jobs: Iterable[tuple[str, int, bool, bool]]) -> int | Pipeline:
+        return priority_insert(connection, self._order_keys, backlog_prefix(self.name),
+                               self.job_class.redis_job_namespace_prefix, DEFAULT_PRIORITY, jobs)
+
+    # RQ change: the backlog counts too (RQ: LLEN of the list alone).
+    @property
+    def count(self) -> int:
+        with self.connection.pipeline(transaction=False) as pipe:
+            for key in (self.key, *self.backlog_keys):
+                pipe.llen(key)
+            return sum(pipe.execute())
+
+    # RQ change: the slice runs on through the backlog, in run order (RQ: LRANGE of the list alone).
+    def get_job_ids(self, offset: int = 0, length: int = -1) -> list[str]:
+        """Ids of the queued jobs in run order, ``length`` of them from ``offset`` (-1: to the end).
+
+        Usage: ``queue.get_job_ids(0, 20)  # the next 20 jobs to run``
+        """
+        if length == 0:
+            return []
+        keys = [self.key, *self.backlog_keys]
+        with self.connection.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.llen(key)
+            lengths = pipe.execute()
+        total = sum(lengths)
+        start = max(offset + total if offset < 0 else offset, 0)
+        stop = total + length + 1 if length < 0 else start + length
+        with self.connection.pipeline(transaction=False) as pipe:
+            position = 0
+            for key, size in zip(keys, lengths):
+                first, last = max(start, position), min(stop, position + size)
+                if first < last:
+                    pipe.lrange(key, first - position, last - position - 1)
+                position += size
+            return [as_text(job_id) for ids in pipe.execute() for job_id in ids]
+
+    # RQ change: a job in the backlog has a position too (RQ: LPOS in the list alone).
+    def get_job_position(self, job_or_id: Job | str) -> int | None:
+        """The job's place in the run order (0: next), or None when it is not queued here.
+
+        Usage: ``queue.get_job_position(job)  # -> 1200``
+        """
+        job_id = job_or_id.id if isinstance(job_or_id, Job) else job_or_id
+        with self.connection.pipeline(transaction=False) as pipe:
+            for key in (self.key, *self.backlog_keys):
+                pipe.lpos(key, job_id)
+                pipe.llen(key)
+            found = pipe.execute()
+        before = 0
+        for position, length in zip(found[0::2], found[1::2]):
+            if position is not None:
+                return before + position
+            before += length
+        return None
+
+    # RQ change: the id is taken out of the backlog too.
+    def remove(self, job_or_id: Job | str, pipeline: Pipeline | None = None) -> Any:
+        job_id = job_or_id.id if isinstance(job_or_id, Job) else job_or_id
+        pipe = pipeline if pipeline is not None else self.connection.pipeline()
+        pipe.lrem(self.key, 1, job_id)
+        pipe.hdel(self.window_key, job_id)
+        for key in self.backlog_keys:
+            pipe.lrem(key, 1, job_id)
+        if pipeline is not None:
+            return pipeline
+        removed, _, *from_backlog = pipe.execute()
+        return removed + sum(from_backlog)
+
+    # RQ change: the backlog's ids are first appended to the list, so RQ's script deletes their jobs too.
+    def empty(self) -> Any:
+        keys = (self.key, self.window_key, *self.backlog_keys)
+        run(self.connection, MERGE_BACKLOG, len(keys), *keys)
+        return super().empty()
+
+    # RQ change: the backlog lists and the window's priorities go with the queue.
+    def delete(self, delete_jobs: bool = True) -> None:
+        super().delete(delete_jobs=delete_jobs)
+        self.connection.delete(self.window_key, *self.backlog_keys)
 
     def enqueue(self, f: Any, *args: Any, priority: int | None = None, **kwargs: Any) -> Job:
         """Enqueue ``f(*args, **kwargs)`` at ``priority``; other options as in ``rq.Queue.enqueue``.
@@ -155,20 +257,48 @@ class Queue(RQQueue):
             return super().enqueue_job(job, pipeline=pipeline, at_front=at_front, unique=unique)
         self.log.debug("Enqueueing job %s to queue %s (at_front=%s)", job.id, self.name, at_front)
         self._prepare_for_queue(job)
-        recorder = self.connection.pipeline()  # never executed: it records RQ's own writes for the job
-        self._persist_job(job, recorder)
-        writes = [word for command, _ in recorder.command_stack for word in (len(command), *command)]
-        recorder.reset()
-        keys = (self.key, self.wake_key, job.key, self.redis_queues_keys)
-        prefix = self.job_class.redis_job_namespace_prefix
+        writes = self._recorded_writes(job)
+        keys = (*self._order_keys, job.key, self.redis_queues_keys)
+        prefix, priority = self.job_class.redis_job_namespace_prefix, priority_of(job)
 
         def send() -> int:
-            return enqueue(self.connection, keys, job.id, prefix, DEFAULT_PRIORITY, at_front,
-                           utcformat(job.enqueued_at), writes)
+            return enqueue(self.connection, keys, backlog_prefix(self.name), prefix, DEFAULT_PRIORITY, job.id,
+                           priority, at_front, utcformat(job.enqueued_at), writes)
 
         wait_out(send, self.log, f"Enqueue of job {job.id}", first=0.5, faults=REDIS_DOWN,
                  give_up_after=self.enqueue_retry_seconds)
         return job
+
+    def _recorded_writes(self, job: Job) -> list:
+        """RQ's own writes that queue ``job`` (``_persist_job``), flattened for a script to replay."""
+        recorder = self.connection.pipeline()  # never executed
+        self._persist_job(job, recorder)
+        writes = [word for command, _ in recorder.command_stack for word in (len(command), *command)]
+        recorder.reset()
+        return writes
+
+    # RQ change: the jobs' ids are put in order by one script for the whole batch (RQ: one push per job).
+    @rq_signature(RQQueue.enqueue_many)
+    def enqueue_many(self, **arguments: Any) -> list[Job]:
+        """``rq.Queue.enqueue_many``: jobs made by ``Queue.prepare_data`` (which takes ``priority=``).
+
+        Usage: ``queue.enqueue_many([Queue.prepare_data(report, (n,), priority=n % 10) for n in range(1000)])``
+        """
+        arguments["job_datas"] = job_datas = list(arguments["job_datas"])
+        if any(job_data.depends_on for job_data in job_datas):  # RQ executes and reads mid-way
+            return super().enqueue_many(**arguments)
+        pipeline = arguments.get("pipeline")
+        pipe = arguments["pipeline"] = pipeline if pipeline is not None else self.connection.pipeline()
+        pushes = self._bulk[id(pipe)] = []
+        try:
+            jobs = super().enqueue_many(**arguments)
+        finally:
+            del self._bulk[id(pipe)]
+        if pushes:
+            self._insert(pipe, pushes)
+        if pipeline is None:
+            pipe.execute()
+        return jobs
 
     # RQ change: every job is checked before anything is written: a queue name that can name a
     # queue (see check_queue_name), a validated priority in its meta (default 5, so paths that
@@ -199,25 +329,29 @@ class Queue(RQQueue):
             raise ValueError(f"job {job.func_name} serializes to {size} bytes, over the {limit} byte limit "
                              "(RQPLUS_MAX_PAYLOAD_BYTES): store large inputs elsewhere and pass their key")
 
-    # RQ change: also writes the priority as a plain hash field, readable by the Lua insert.
-    def _persist_job(self, job: Job, pipeline: Pipeline, status: JobStatus = JobStatus.QUEUED) -> None:
-        super()._persist_job(job, pipeline, status)
-        pipeline.hset(job.key, PRIORITY_KEY, priority_of(job))
-
-    # RQ change: RPUSH/LPUSH becomes the ordered insert, so the list stays in run order.
+    # RQ change: RPUSH/LPUSH becomes the ordered insert (window or backlog, see rqplus.priority).
     def push_job_id(self, job_id: str, pipeline: Pipeline | None = None, at_front: bool = False) -> None:
-        connection = pipeline if pipeline is not None else self.connection
-        prefix = self.job_class.redis_job_namespace_prefix
-        priority_insert(connection, self.key, self.wake_key, job_id, prefix, DEFAULT_PRIORITY, at_front)
+        priority = self._pushing.get(job_id)
+        push = (job_id, self.job_priority(job_id) if priority is None else priority, at_front, False)
+        if pipeline is not None and id(pipeline) in self._bulk:
+            self._bulk[id(pipeline)].append(push)
+        else:
+            self._insert(pipeline if pipeline is not None else self.connection, [push])
         self.log.debug("Pushed job %s into %s in priority order", job_id, self.name)
 
-    # RQ change (rq 3.0): a rate-limited job waits as rate_limited (saved by RQ's job.save(), so its
-    # priority field is written here), and RQ's admission script pushes it at the tail; one
-    # admitted at once is moved to its priority's place.
+    def job_priority(self, job_id: str) -> int:
+        """The priority of job ``job_id`` (from its meta); the default for a job that is gone.
+
+        Usage: ``queue.job_priority(job.id)  # -> 0``
+        """
+        job = self.fetch_job(job_id)
+        return DEFAULT_PRIORITY if job is None else priority_of(job)
+
+    # RQ change (rq 3.0): a rate-limited job waits as rate_limited, and RQ's admission script pushes
+    # it at the tail; one admitted at once is moved to its priority's place.
     def _enqueue_rate_limited_job(self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False) -> Job:
         since = utcformat(datetime.now(UTC))
         job = super()._enqueue_rate_limited_job(job, pipeline=pipeline, at_front=at_front)
-        (pipeline if pipeline is not None else self.connection).hset(job.key, PRIORITY_KEY, priority_of(job))
         if pipeline is None:
             reposition_admitted(self.connection, job, since)
         return job
@@ -233,12 +367,16 @@ class Queue(RQQueue):
                 if job is not None:
                     queue.reposition(job.id, at_front=bool(job.enqueue_at_front), priority=priority_of(job))
 
-    # RQ change: unique=True saves and pushes in RQ's own Lua script (plain RPUSH/LPUSH, no
-    # priority field), so the job is moved to its priority's place right after.
+    # RQ change: push_job_id is told the job's priority; unique=True saves and pushes in RQ's own
+    # Lua script (plain RPUSH/LPUSH), so the job is moved to its priority's place right after.
     def _enqueue_async_job(
         self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False, unique: bool = False
     ) -> Job:
-        job = super()._enqueue_async_job(job, pipeline=pipeline, at_front=at_front, unique=unique)
+        self._pushing[job.id] = priority_of(job)
+        try:
+            job = super()._enqueue_async_job(job, pipeline=pipeline, at_front=at_front, unique=unique)
+        finally:
+            self._pushing.pop(job.id, None)
         if unique:
             self.reposition(job.id, at_front=at_front, priority=priority_of(job))
         return job
@@ -249,18 +387,16 @@ class Queue(RQQueue):
         Stock RQ code (``FailedJobRegistry.requeue``, rq's scheduler, rq-dashboard) appends at the
         tail; this puts such a job back in order.
 
-        ``priority``, when given, is recorded on the job first.
+        ``priority`` saves loading the job for it.
 
         Usage: ``queue.reposition(job.id)``
         """
-        prefix = self.job_class.redis_job_namespace_prefix
-        moved = priority_insert(
-            self.connection, self.key, self.wake_key, job_id, prefix, DEFAULT_PRIORITY, at_front, True, priority
-        )
-        return moved >= 0
+        priority = self.job_priority(job_id) if priority is None else priority
+        return self._insert(self.connection, [(job_id, priority, at_front, True)]) == 1
 
     def requeue_failed(self, job_or_id: Job | str, at_front: bool = False) -> Job:
-        """Requeue a failed job of this queue at its own priority (stock requeue appends at the tail).
+        """Requeue a failed job of this queue at its own priority (stock requeue appends at the tail,
+        and leaves the job hash to expire with its failure TTL: here it lives until it has run).
 
         Raises ``rq.exceptions.InvalidJobOperation`` if the job is not in the failed registry, and
         ``rq.exceptions.NoSuchJobError`` if it does not exist.
@@ -268,27 +404,52 @@ class Queue(RQQueue):
         Usage: ``queue.requeue_failed(job_id)``
         """
         job = self.failed_job_registry.requeue(job_or_id, at_front=at_front)
-        self.reposition(job.id, at_front=at_front)
+        if job.ttl is None:  # RQ leaves the failure TTL on the job: it would expire while queued
+            self.connection.persist(job.key)
+        self.reposition(job.id, at_front=at_front, priority=priority_of(job))
         return job
 
-    def requeue_failed_many(self, job_ids: Sequence[str]) -> int:
+    def requeue_failed_many(self, job_ids: Sequence[str], at_front: bool = False) -> int:
         """Requeue failed jobs of this queue, each at its own priority; returns how many were requeued.
-        Ids no longer in the failed registry, or whose job is gone, are skipped.
+        Ids no longer in the failed registry, or whose job is gone, are skipped. One script per
+        ``REQUEUE_BATCH`` jobs does RQ's requeue writes and the ordered inserts; the jobs are read
+        with this queue's serializer.
 
         Usage: ``queue.requeue_failed_many(queue.failed_job_registry.get_job_ids(0, 999))``
         """
         requeued = 0
-        for job_id in job_ids:
-            try:
-                self.requeue_failed(job_id)
-            except (InvalidJobOperation, NoSuchJobError):
-                continue
-            requeued += 1
+        keys = (*self._order_keys, self.failed_job_registry.key)
+        for start in range(0, len(job_ids), REQUEUE_BATCH):
+            batch = []
+            for job in self.job_class.fetch_many(list(job_ids[start:start + REQUEUE_BATCH]),
+                                                 connection=self.connection, serializer=self.serializer):
+                if job is None:
+                    continue
+                if rate_limited(job):  # RQ's requeue takes it through the limit's admission
+                    requeued += self._requeue_one(job.id, at_front)
+                    continue
+                job.started_at = job.ended_at = None  # as RQ's requeue
+                job._exc_info = ""
+                self._prepare_for_queue(job)
+                writes = self._recorded_writes(job)
+                if job.ttl is None:  # see requeue_failed
+                    writes += [2, "PERSIST", job.key]
+                batch.append((job.id, priority_of(job), at_front, writes))
+            requeued += requeue_failed(self.connection, keys, backlog_prefix(self.name),
+                                       self.job_class.redis_job_namespace_prefix, DEFAULT_PRIORITY, batch)
         return requeued
+
+    def _requeue_one(self, job_id: str, at_front: bool) -> int:
+        try:
+            self.requeue_failed(job_id, at_front=at_front)
+        except (InvalidJobOperation, NoSuchJobError):
+            return 0
+        return 1
 
     # RQ change: with several queues RQ pops with BLPOP, and a worker killed between the pop and
     # its bookkeeping loses the job. Here the head of the first non-empty queue moves atomically
-    # into that queue's intermediate list (as RQ's single-queue BLMOVE does); when all are empty
+    # into that queue's intermediate list (as RQ's single-queue BLMOVE does), and the queue's list
+    # is refilled from its backlog in the same script; when all are empty
     # the worker blocks on the queues' wake-up lists, which every rqplus push rings. Jobs pushed
     # by stock RQ code ring nothing and are seen at the next sweep, at most `timeout` later.
     @classmethod
@@ -298,15 +459,32 @@ class Queue(RQQueue):
             raise ValueError("RQ does not support indefinite timeouts. Please pick a timeout value > 0")
         prefix = cls.redis_queue_namespace_prefix
         names = [key[len(prefix):] for key in queue_keys]
-        intermediate_keys = [IntermediateQueue.get_intermediate_queue_key(key) for key in queue_keys]
+        queues = [(key, IntermediateQueue.get_intermediate_queue_key(key), window_key(name), backlog_prefix(name))
+                  for key, name in zip(queue_keys, names)]
         deadline = time.monotonic() + (timeout or 0)
         while True:
-            result = reliable_fetch(connection, list(queue_keys), intermediate_keys)
+            result = reliable_fetch(connection, queues, cls.job_class.redis_job_namespace_prefix)
             if result is not None or timeout is None:
                 return result
             remaining = math.ceil(deadline - time.monotonic())  # a stale wake-up must not extend the wait
             if remaining <= 0 or connection.blpop([wake_key(name) for name in names], remaining) is None:
                 raise DequeueTimeout(timeout, queue_keys)
+
+    # RQ change: RQ's single-queue dequeue BLMOVEs from the list; here the list is first refilled from
+    # the backlog (and the moved job's priority entry dropped) by the same script as lpop's; only an
+    # empty queue waits in RQ's BLMOVE, which any push wakes (the backlog is empty then).
+    @classmethod
+    def lmove(cls, connection: Redis, queue_key: str, timeout: int | None):
+        if timeout == 0:
+            raise ValueError("RQ does not support indefinite timeouts. Please pick a timeout value > 0")
+        result = cls.lpop([queue_key], None, connection=connection)
+        if result is not None or timeout is None:
+            return result
+        result = super().lmove(connection, queue_key, timeout)
+        name = queue_key[len(cls.redis_queue_namespace_prefix):]
+        run(connection, REFILL, 2, queue_key, window_key(name), cls.job_class.redis_job_namespace_prefix,
+                        backlog_prefix(name), result[1])
+        return result
 
     # RQ change: a job that cannot be loaded (a forged or corrupted field, a job key that is no
     # hash) makes RQ's dequeue raise and the worker quit, exit code 0; here that id is moved from

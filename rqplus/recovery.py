@@ -35,8 +35,9 @@ from rq.job import Job, JobStatus
 from rq.utils import as_text, current_timestamp
 
 from rqplus.defaults import DEFAULT_PRIORITY
+from rqplus.priority import backlog_prefix, priority_of
 from rqplus.queue import Queue
-from rqplus.scripts import FIND_ABANDONED, RESCUE
+from rqplus.scripts import FIND_ABANDONED, RESCUE, run
 
 logger = logging.getLogger("rqplus.recovery")
 
@@ -115,7 +116,7 @@ def rescue_abandoned(
     if not queues:
         return []
     keys = [key for q in queues for key in (q.started_job_registry.key, q.intermediate_queue_key)]
-    found = connection.eval(FIND_ABANDONED, len(keys), *keys, EXECUTION_KEY_PREFIX, WORKER_KEY_PREFIX)
+    found = run(connection, FIND_ABANDONED, len(keys), *keys, EXECUTION_KEY_PREFIX, WORKER_KEY_PREFIX)
     settling = bool(found) and restart_grace > 0 and int(connection.info("server")["uptime_in_seconds"]) < restart_grace
     done = []
     for index, entry, job_id, worker in zip(found[0::4], found[1::4], found[2::4], found[3::4]):
@@ -131,12 +132,13 @@ def rescue_abandoned(
     return done
 
 
-def _run_rescue(connection: Redis, queue: Queue, held_key: str, job_id: str, entry: str, worker: str,
-                max_rescues: int, failure_ttl: int) -> int:
+def _run_rescue(connection: Redis, queue: Queue, held_key: str, job_id: str, priority: int, entry: str,
+                worker: str, max_rescues: int, failure_ttl: int) -> int:
     prefix = queue.job_class.redis_job_namespace_prefix
-    keys = (queue.key, queue.wake_key, held_key, queue.failed_job_registry.key, queue.intermediate_queue_key)
-    return connection.eval(RESCUE, len(keys), *keys, job_id, prefix, DEFAULT_PRIORITY, entry, WORKER_KEY_PREFIX,
-                           worker, max_rescues, current_timestamp() + failure_ttl)
+    keys = (queue.key, queue.wake_key, held_key, queue.failed_job_registry.key, queue.intermediate_queue_key,
+            queue.window_key)
+    return run(connection, RESCUE, len(keys), *keys, job_id, prefix, DEFAULT_PRIORITY, entry, WORKER_KEY_PREFIX,
+               worker, max_rescues, current_timestamp() + failure_ttl, backlog_prefix(queue.name), priority)
 
 
 def hand_back(connection: Redis, queue: Queue, job_id: str, execution_id: str, worker: str,
@@ -160,7 +162,7 @@ def _rescue_started(connection: Redis, queue: Queue, entry: str, job_id: str, wo
     if job is None:
         return None
     failure_ttl = job.failure_ttl if job.failure_ttl is not None else DEFAULT_FAILURE_TTL
-    result = _run_rescue(connection, queue, queue.started_job_registry.key, job_id, entry,
+    result = _run_rescue(connection, queue, queue.started_job_registry.key, job_id, priority_of(job), entry,
                          worker if check_alive else "", max_rescues, failure_ttl)
     if result == -2:
         return None
@@ -191,7 +193,8 @@ def _rescue_stuck(connection: Redis, queue: Queue, job_id: str, grace: float, re
     if reason is not None:
         queue.quarantine(job_id, reason)
         outcome = "quarantined"
-    elif not requeue or _run_rescue(connection, queue, queue.intermediate_queue_key, job_id, "", "", 0, 0) == -2:
+    elif not requeue or _run_rescue(connection, queue, queue.intermediate_queue_key, job_id,
+                                    queue.job_priority(job_id), "", "", 0, 0) == -2:
         return None
     else:
         outcome = "unstuck"

@@ -1,8 +1,9 @@
 """Lua scripts run by rqplus, each a module constant documented with its KEYS and ARGV.
 
-Scripts are sent with EVAL, not EVALSHA: Redis caches the compiled script by its SHA all the same,
-and EVAL can never fail with NOSCRIPT inside an enqueue's MULTI/EXEC (which would save the job hash
-but not queue it, e.g. right after a Redis restart flushed the script cache).
+Scripts are run by :func:`run`: EVALSHA on a connection (Redis hashes a script's body on every
+EVAL, about 15 µs for the scripts that share ``_INSERT``), falling back to EVAL when Redis lacks the
+script; EVAL on a pipeline, which can never fail with NOSCRIPT inside an enqueue's MULTI/EXEC (that
+would save the job hash but not queue it, e.g. right after a Redis restart flushed the script cache).
 
 Every script that puts a job id into a queue shares ``_INSERT``, so priority order is kept in one
 place, and rings the queue's wake-up list so that multi-queue workers blocked on it wake at once.
@@ -10,33 +11,106 @@ place, and rings the queue's wake-up list so that multi-queue workers blocked on
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable, Sequence
+from functools import cache
+from typing import Any
+
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import NoScriptError
+
+from rqplus.defaults import MAX_PRIORITY, MIN_PRIORITY
 
 #: Tokens kept at most in a queue's wake-up list (one per push; extra tokens only cost a sweep).
 WAKE_TOKENS = 64
-#: An insert this close to the tail moves the tail jobs instead of walking the list from the head.
-TAIL_SHIFT = 128
+#: Jobs kept in run order in the queue's LIST (``rq:queue:<name>``), the *window*; the rest wait in
+#: one backlog list per priority level (see :mod:`rqplus.priority`). An insert costs O(WINDOW), never
+#: O(backlog).
+WINDOW = 1000
 
-# Keeps an RQ queue LIST in run order: priorities ascend from head (LPOP/LMOVE end) to tail,
-# FIFO among equal priorities. Binary search with LINDEX finds the slot, so the cost is
-# O(log n) probes plus LINSERT's walk from the head to the slot (or, for a slot at most
-# TAIL_SHIFT jobs from the tail, popping and re-pushing those); the common case (the new job is
-# the least urgent present) is a plain RPUSH after one probe of the tail.
-# A job's priority is the field `priority` of its hash (prefix .. id); `default` where absent, and
-# where the key is no hash (a corrupt entry must not stop every enqueue: workers quarantine it).
+# Priority order for one queue, shared by every script that puts a job id into a queue.
+#   queue   the window: RQ's LIST, at most WINDOW ids in run order (priorities ascend from the head,
+#           FIFO among equals), so RQ's dequeue, `rq info` and rq-dashboard read an ordered list
+#   wp      hash: id -> priority of each job in the window (no job hash is read to order jobs)
+#   bp      backlog key prefix: list bp .. level holds the rest of level `level`, FIFO
+# Invariant: every job in the window runs before every job in the backlog. Stock RQ code that pops
+# the window does not refill it; the next rqplus push or pop on the queue does.
 _INSERT = """
-local function priority(prefix, default, id)
-  local value = redis.pcall('HGET', prefix .. id, 'priority')
-  if type(value) == 'table' then return default end
-  return tonumber(value) or default
+local WINDOW = """ + str(WINDOW) + """
+-- the levels' key suffixes, most urgent first (constants: no number formatting at run time)
+local LEVELS = {""" + ", ".join(f"'{level}'" for level in range(MIN_PRIORITY, MAX_PRIORITY + 1)) + """}
+
+local function ring(wake)
+  redis.call('RPUSH', wake, '1')
+  redis.call('LTRIM', wake, -""" + str(WAKE_TOKENS) + """, -1)
 end
 
--- mode "back": after the last job of equal or more urgent priority;
--- mode "front": before the first job of equal or less urgent priority.
-local function insert(queue, wake, job_id, prefix, default, mode)
-  local p = priority(prefix, default, job_id)
+-- a forged or corrupted entry counts as the default (and never names a level outside the range)
+local function window_priority(wp, id, default)
+  local p = tonumber(redis.call('HGET', wp, id))
+  if not p or p ~= math.floor(p) or p < """ + str(MIN_PRIORITY) + """ or p > """ + str(MAX_PRIORITY) + """ then
+    return default
+  end
+  return p
+end
+
+-- drops entries of ids no longer in the window (popped by stock RQ code), once they pile up
+local function tidy(queue, wp)
+  if redis.call('HLEN', wp) <= 2 * WINDOW then return end
+  local kept = {}
+  local ids = redis.call('LRANGE', queue, 0, 4 * WINDOW)
+  for start = 1, #ids, 500 do
+    local chunk = {unpack(ids, start, math.min(start + 499, #ids))}
+    local levels = redis.call('HMGET', wp, unpack(chunk))
+    for k, id in ipairs(chunk) do
+      if levels[k] then table.insert(kept, id); table.insert(kept, levels[k]) end
+    end
+  end
+  redis.call('DEL', wp)
+  for start = 1, #kept, 1000 do redis.call('HSET', wp, unpack(kept, start, math.min(start + 999, #kept))) end
+end
+
+-- whether a backlog id still names a queued job: stock RQ's cancel and delete remove ids from the
+-- window only, so such ids are dropped here, on their way into the window
+local function still_queued(prefix, id)
+  local status = redis.pcall('HGET', prefix .. id, 'status')
+  if status == false then return redis.call('EXISTS', prefix .. id) == 1 end
+  return status ~= 'canceled'  -- a key that is no hash is kept: the worker quarantines it
+end
+
+-- moves backlog jobs, most urgent level first, to the window's tail until it holds WINDOW jobs;
+-- returns the window's length
+local function refill(queue, wp, bp, prefix)
+  tidy(queue, wp)
   local n = redis.call('LLEN', queue)
+  if n >= WINDOW then return n end
+  local levels = {}
+  for k, level in ipairs(LEVELS) do levels[k] = bp .. level end
+  if redis.call('EXISTS', unpack(levels)) == 0 then return n end
+  for k, key in ipairs(levels) do
+    while n < WINDOW do
+      local ids = redis.call('LPOP', key, WINDOW - n)
+      if not ids then break end
+      for _, id in ipairs(ids) do
+        if still_queued(prefix, id) then
+          redis.call('RPUSH', queue, id)
+          redis.call('HSET', wp, id, LEVELS[k])
+          n = n + 1
+        end
+      end
+    end
+    if n >= WINDOW then break end
+  end
+  return n
+end
+
+-- puts job_id, of priority p, in its place: into the window if it runs before the window's last
+-- job (the window's last job then moves to the front of its backlog level), else into its backlog
+-- level. mode "back": after the jobs of equal or more urgent priority; "front" (at_front=True):
+-- before the jobs of equal or less urgent priority. n is the window's length, as `refill` (called
+-- once before a run of inserts) or the previous insert returned; returns the new length.
+local function insert(queue, wp, bp, default, job_id, p, mode, n)
   local runs_after
   if mode == 'front' then
     runs_after = function(q) return q >= p end
@@ -44,82 +118,155 @@ local function insert(queue, wake, job_id, prefix, default, mode)
     runs_after = function(q) return q > p end
   end
   local lo, hi = 0, n
-  if mode ~= 'front' and (n == 0 or not runs_after(priority(prefix, default, redis.call('LINDEX', queue, -1)))) then
+  if n > 0 and not runs_after(window_priority(wp, redis.call('LINDEX', queue, -1), default)) then
+    if n >= WINDOW then
+      if mode == 'front' then redis.call('LPUSH', bp .. p, job_id) else redis.call('RPUSH', bp .. p, job_id) end
+      return n
+    end
     lo = n
   end
   while lo < hi do  -- first index whose job runs after the new one (n when there is none)
     local mid = math.floor((lo + hi) / 2)
-    if runs_after(priority(prefix, default, redis.call('LINDEX', queue, mid))) then hi = mid else lo = mid + 1 end
+    if runs_after(window_priority(wp, redis.call('LINDEX', queue, mid), default)) then hi = mid else lo = mid + 1 end
   end
-  local length
   if lo == n then
-    length = redis.call('RPUSH', queue, job_id)
-  elseif lo == 0 then
-    length = redis.call('LPUSH', queue, job_id)
-  elseif n - lo <= """ + str(TAIL_SHIFT) + """ then
-    -- LINSERT finds its pivot walking from the head; near the tail, lift the tail off instead
-    local tail = {}
-    for k = 1, n - lo do tail[k] = redis.call('RPOP', queue) end
     redis.call('RPUSH', queue, job_id)
-    for k = #tail, 1, -1 do length = redis.call('RPUSH', queue, tail[k]) end
+  elseif lo == 0 then
+    redis.call('LPUSH', queue, job_id)
   else
-    length = redis.call('LINSERT', queue, 'BEFORE', redis.call('LINDEX', queue, lo), job_id)
+    redis.call('LINSERT', queue, 'BEFORE', redis.call('LINDEX', queue, lo), job_id)
   end
-  redis.call('RPUSH', wake, '1')
-  redis.call('LTRIM', wake, -""" + str(WAKE_TOKENS) + """, -1)
-  return length
+  redis.call('HSET', wp, job_id, p)
+  if n >= WINDOW then
+    local last = redis.call('RPOP', queue)
+    redis.call('LPUSH', bp .. window_priority(wp, last, default), last)
+    redis.call('HDEL', wp, last)
+    return n
+  end
+  return n + 1
 end
 """
 
-# KEYS[1] = the queue list (rq:queue:<name>)
-# KEYS[2] = the queue's wake-up list (see `wake_key`)
-# ARGV[1] = job id
-# ARGV[2] = job hash key prefix (rq:job:)
-# ARGV[3] = priority assumed for jobs whose hash has no `priority` (enqueued by stock RQ)
-# ARGV[4] = "back" (normal enqueue) or "front" (at_front=True), see `insert`
-# ARGV[5] = "move": first take the id out of the list (searching from the tail), to re-sort a job
-#           that stock RQ code pushed at an end; "" for a plain insert
-# ARGV[6] = priority to record in the job hash first (for hashes saved without it); "" to keep
-# Returns the list length after the insert, or -1 for "move" when the id was not in the list.
+# Inserts job ids into one queue at their priorities (see `insert`), ringing its wake-up list once.
+# KEYS[1] = the queue list (rq:queue:<name>), KEYS[2] = its wake-up list (see `wake_key`),
+# KEYS[3] = its window priorities (see `rqplus.priority.window_key`)
+# ARGV[1] = backlog key prefix, ARGV[2] = job hash key prefix (rq:job:),
+# ARGV[3] = priority assumed for window ids without a recorded one (pushed by stock RQ code)
+# ARGV[4...] = for each job: id, priority, "back" or "front", and "move" to first take the id out of
+#              the window (searching from the tail: to re-sort a job stock RQ code pushed), or ""
+# Returns how many ids were inserted (a "move" id not found in the window is skipped).
 PRIORITY_INSERT = _INSERT + """
-local queue, wake, job_id, prefix, default = KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3])
-if ARGV[5] == 'move' and redis.call('LREM', queue, -1, job_id) == 0 then return -1 end
-if ARGV[6] ~= '' then redis.call('HSET', prefix .. job_id, 'priority', ARGV[6]) end
-return insert(queue, wake, job_id, prefix, default, ARGV[4])
+local queue, wake, wp, bp, prefix, default = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local inserted = 0
+local n = refill(queue, wp, bp, prefix)
+for i = 4, #ARGV, 4 do
+  local job_id = ARGV[i]
+  if ARGV[i + 3] ~= 'move' or redis.call('LREM', queue, -1, job_id) == 1 then
+    if ARGV[i + 3] == 'move' then
+      redis.call('HDEL', wp, job_id)
+      n = refill(queue, wp, bp, prefix)
+    end
+    n = insert(queue, wp, bp, default, job_id, tonumber(ARGV[i + 1]), ARGV[i + 2], n)
+    inserted = inserted + 1
+  end
+end
+if inserted > 0 then ring(wake) end
+return inserted
 """
 
 # Enqueues a job in one step, so that nothing is written unless all of it is: checks first, then
 # RQ's own writes for the job (recorded on a pipeline that is never executed), then the ordered
 # insert. Re-sending it after a lost reply (redis-py retries, or rqplus') enqueues nothing twice.
-# KEYS[1] = the queue list, KEYS[2] = its wake-up list, KEYS[3] = the job hash,
-# KEYS[4] = the set of known queues (rq:queues)
-# ARGV[1] = job id, ARGV[2] = job hash key prefix, ARGV[3] = default priority, ARGV[4] = "back" or "front"
-# ARGV[5] = the job's enqueued_at (RQ stamps it to the microsecond at each enqueue): a job hash
+# KEYS[1] = the queue list, KEYS[2] = its wake-up list, KEYS[3] = its window priorities,
+# KEYS[4] = the job hash, KEYS[5] = the set of known queues (rq:queues)
+# ARGV[1] = backlog key prefix, ARGV[2] = job hash key prefix, ARGV[3] = default priority,
+# ARGV[4] = job id, ARGV[5] = its priority, ARGV[6] = "back" or "front"
+# ARGV[7] = the job's enqueued_at (RQ stamps it to the microsecond at each enqueue): a job hash
 #           already holding it is this very enqueue, re-sent, and nothing is done
-# ARGV[6...] = the job's writes: for each, its number of words, then the words (command and arguments)
+# ARGV[8...] = the job's writes: for each, its number of words, then the words (command and arguments)
 # Returns 1 when enqueued, 0 for a re-sent enqueue; an error, with nothing written, when the
 # queue key is no list or the job key holds something other than a hash.
 ENQUEUE = _INSERT + """
-local queue, wake, job_key = KEYS[1], KEYS[2], KEYS[3]
+local queue, wake, wp, job_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local queue_type = redis.call('TYPE', queue).ok
 if queue_type ~= 'list' and queue_type ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. queue .. ' holds a ' .. queue_type .. ', not a queue list: nothing enqueued')
 end
 local job_type = redis.call('TYPE', job_key).ok
 if job_type == 'hash' then
-  if redis.call('HGET', job_key, 'enqueued_at') == ARGV[5] then return 0 end
+  if redis.call('HGET', job_key, 'enqueued_at') == ARGV[7] then return 0 end
 elseif job_type ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. job_key .. ' holds a ' .. job_type .. ', not a job hash: nothing enqueued')
 end
-local i = 6
+local i = 8
 while i <= #ARGV do
   local words = tonumber(ARGV[i])
   redis.call(unpack(ARGV, i + 1, i + words))
   i = i + words + 1
 end
-redis.call('SADD', KEYS[4], queue)
-insert(queue, wake, ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4])
+redis.call('SADD', KEYS[5], queue)
+insert(queue, wp, ARGV[1], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6], refill(queue, wp, ARGV[1], ARGV[2]))
+ring(wake)
 return 1
+"""
+
+# Requeues failed jobs of one queue in one step each: a job still in the failed registry is taken
+# out of it, gets RQ's own writes for a requeue (recorded on a pipeline that is never executed),
+# and is inserted at its priority; a job no longer there (requeued or deleted meanwhile) is skipped.
+# KEYS[1] = the queue list, KEYS[2] = its wake-up list, KEYS[3] = its window priorities,
+# KEYS[4] = the failed job registry
+# ARGV[1] = backlog key prefix, ARGV[2] = job hash key prefix, ARGV[3] = default priority,
+# ARGV[4...] = for each job: id, priority, "back" or "front", number of write words, the writes
+#              (as in ENQUEUE, flattened)
+# Returns how many jobs were requeued.
+REQUEUE_FAILED = _INSERT + """
+local queue, wake, wp, failed = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local requeued, i = 0, 4
+local n = refill(queue, wp, ARGV[1], ARGV[2])
+while i <= #ARGV do
+  local job_id, p, mode, length = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
+  local writes_end = i + 3 + length
+  if redis.call('ZREM', failed, job_id) == 1 and redis.call('EXISTS', ARGV[2] .. job_id) == 1 then
+    local k = i + 4
+    while k <= writes_end do
+      local words = tonumber(ARGV[k])
+      redis.call(unpack(ARGV, k + 1, k + words))
+      k = k + words + 1
+    end
+    n = insert(queue, wp, ARGV[1], tonumber(ARGV[3]), job_id, p, mode, n)
+    requeued = requeued + 1
+  end
+  i = writes_end + 1
+end
+if requeued > 0 then ring(wake) end
+return requeued
+"""
+
+# After a job id left the window by a plain (B)LMOVE: forgets its priority, refills the window.
+# KEYS[1] = the queue list, KEYS[2] = its window priorities
+# ARGV[1] = job hash key prefix, ARGV[2] = backlog key prefix, ARGV[3] = the id that left
+# Returns the window's length.
+REFILL = _INSERT + """
+redis.call('HDEL', KEYS[2], ARGV[3])
+return refill(KEYS[1], KEYS[2], ARGV[2], ARGV[1])
+"""
+
+# Appends every backlog id to the window, in run order, and forgets the window's priorities: the
+# queue becomes one plain list again (before RQ's `empty` script deletes the jobs of that list).
+# KEYS[1] = the queue list, KEYS[2] = its window priorities, KEYS[3...] = its backlog lists, most
+# urgent first. Returns how many ids were moved.
+MERGE_BACKLOG = """
+local moved = 0
+for i = 3, #KEYS do
+  while true do
+    local ids = redis.call('LPOP', KEYS[i], 5000)
+    if not ids then break end
+    redis.call('RPUSH', KEYS[1], unpack(ids))
+    moved = moved + #ids
+  end
+end
+redis.call('DEL', KEYS[2])
+return moved
 """
 
 # Moves an unreadable job aside: out of the intermediate list, into the failed registry, with the
@@ -142,16 +289,23 @@ return 1
 """
 
 # Reliable multi-queue fetch: moves the head of the first non-empty queue (in the order given)
-# to that queue's intermediate list, atomically, so the id is always in some list. LPOP + RPUSH
-# inside a script is LMOVE on any Redis version.
-# KEYS[2i-1], KEYS[2i] = queue i and its intermediate list (rq:queue:<name>:intermediate)
+# to that queue's intermediate list, atomically, so the id is always in some list; then refills
+# that queue's window from its backlog (see `refill`). LPOP + RPUSH inside a script is LMOVE on any
+# Redis version.
+# KEYS[3i-2], KEYS[3i-1], KEYS[3i] = queue i, its intermediate list (rq:queue:<name>:intermediate),
+#                                    its window priorities
+# ARGV[1] = job hash key prefix, ARGV[1 + i] = queue i's backlog key prefix
 # Returns {queue key, job id}, or nil when every queue is empty.
-RELIABLE_FETCH = """
-for i = 1, #KEYS, 2 do
-  local job_id = redis.call('LPOP', KEYS[i])
+RELIABLE_FETCH = _INSERT + """
+for i = 1, #KEYS, 3 do
+  local queue, wp, bp = KEYS[i], KEYS[i + 2], ARGV[(i + 2) / 3 + 1]
+  local job_id = redis.call('LPOP', queue)
+  if not job_id and refill(queue, wp, bp, ARGV[1]) > 0 then job_id = redis.call('LPOP', queue) end
   if job_id then
     redis.call('RPUSH', KEYS[i + 1], job_id)
-    return {KEYS[i], job_id}
+    redis.call('HDEL', wp, job_id)
+    refill(queue, wp, bp, ARGV[1])
+    return {queue, job_id}
   end
 end
 return nil
@@ -194,11 +348,13 @@ return found
 # KEYS[4] = the failed job registry (rq:failed:<name>)
 # KEYS[5] = the intermediate list: a started job's id can linger there when its worker died
 #           between starting it and clearing it, and must not come back a second time
+# KEYS[6] = the queue's window priorities
 # ARGV[1] = job id, ARGV[2] = job hash key prefix, ARGV[3] = default priority
 # ARGV[4] = the started-registry entry, or "" for an id held in the intermediate list
 # ARGV[5] = rqplus worker key prefix, ARGV[6] = that worker's name ("" for intermediate ids, and for
 #           a worker handing back its own job: no liveness check)
 # ARGV[7] = most rescues before the job fails, ARGV[8] = failed registry score (expiry time)
+# ARGV[9] = the queue's backlog key prefix, ARGV[10] = the job's priority
 # Returns: n >= 1 requeued (n = rescues so far; 0 for an intermediate id, not counted),
 #          -1 failed after too many rescues (the caller records why),
 #          -2 nothing done: the worker is alive again, the id is gone (someone else rescued it),
@@ -225,9 +381,29 @@ if entry ~= '' then
   end
 end
 redis.call('HSET', job_key, 'status', 'queued')
-insert(queue, wake, job_id, prefix, default, 'back')
+insert(queue, KEYS[6], ARGV[9], default, job_id, tonumber(ARGV[10]), 'back', refill(queue, KEYS[6], ARGV[9], prefix))
+ring(wake)
 return rescues
 """
+
+
+@cache
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+def run(connection: Redis | Pipeline, script: str, numkeys: int, *keys_and_args: Any) -> Any:
+    """Run ``script`` (one of this module's constants): EVALSHA, or EVAL when Redis lacks it; EVAL
+    on a pipeline (see the module's docstring). Returns the script's reply, or the pipeline.
+
+    Usage: ``run(redis, MERGE_BACKLOG, len(keys), *keys)``
+    """
+    if isinstance(connection, Pipeline):
+        return connection.eval(script, numkeys, *keys_and_args)
+    try:
+        return connection.evalsha(_sha(script), numkeys, *keys_and_args)
+    except NoScriptError:
+        return connection.eval(script, numkeys, *keys_and_args)
 
 
 def corrupt_key(job_id: str) -> str:
@@ -240,48 +416,46 @@ def wake_key(queue_name: str) -> str:
     return f"rqplus:wake:{queue_name}"
 
 
-def priority_insert(
-    connection: Redis | Pipeline,
-    queue_key: str,
-    wake: str,
-    job_id: str,
-    job_key_prefix: str,
-    default_priority: int,
-    at_front: bool = False,
-    move: bool = False,
-    record_priority: int | None = None,
-) -> int | Pipeline:
-    """Insert ``job_id`` into ``queue_key`` at its priority's place (see ``PRIORITY_INSERT``).
+def priority_insert(connection: Redis | Pipeline, keys: tuple[str, str, str], backlog_prefix: str,
+                    job_key_prefix: str, default_priority: int,
+                    jobs: Iterable[tuple[str, int, bool, bool]]) -> int | Pipeline:
+    """Insert job ids into one queue at their priorities (see ``PRIORITY_INSERT``); returns how many.
 
-    With ``move=True`` the id is first taken out of the list; -1 means it was not there.
-    ``record_priority`` is first written to the job hash, for hashes saved without it.
+    ``keys`` are (queue, wake-up list, window priorities); ``jobs`` yields (id, priority, at_front,
+    move) where ``move`` first takes the id out of the window (skipped when it is not there).
     On a pipeline the command is queued and the pipeline is returned, as redis-py does.
 
-    Usage: ``priority_insert(redis, "rq:queue:emails", wake_key("emails"), job.id, "rq:job:", 5)``
+    Usage: ``priority_insert(redis, keys, "rqplus:backlog:emails:", "rq:job:", 5, [(job.id, 0, False, False)])``
     """
-    return connection.eval(
-        PRIORITY_INSERT,
-        2,
-        queue_key,
-        wake,
-        job_id,
-        job_key_prefix,
-        default_priority,
-        "front" if at_front else "back",
-        "move" if move else "",
-        "" if record_priority is None else record_priority,
-    )
+    words = [word for job_id, priority, at_front, move in jobs
+             for word in (job_id, priority, "front" if at_front else "back", "move" if move else "")]
+    return run(connection, PRIORITY_INSERT, 3, *keys, backlog_prefix, job_key_prefix, default_priority, *words)
 
 
-def enqueue(connection: Redis, keys: tuple[str, str, str, str], job_id: str, job_key_prefix: str,
-            default_priority: int, at_front: bool, enqueued_at: str, writes: list) -> int:
-    """Run ``ENQUEUE``: ``keys`` are (queue, wake-up list, job hash, rq:queues); ``writes`` the job's
-    commands, flattened as ``[word count, *words, ...]``. 1 enqueued, 0 already enqueued (re-sent).
+def enqueue(connection: Redis, keys: tuple[str, str, str, str, str], backlog_prefix: str, job_key_prefix: str,
+            default_priority: int, job_id: str, priority: int, at_front: bool, enqueued_at: str, writes: list) -> int:
+    """Run ``ENQUEUE``: ``keys`` are (queue, wake-up list, window priorities, job hash, rq:queues);
+    ``writes`` the job's commands, flattened as ``[word count, *words, ...]``. 1 enqueued, 0 already
+    enqueued (re-sent).
 
-    Usage: ``enqueue(redis, keys, job.id, "rq:job:", 5, False, "2030-01-01T00:00:00.000000Z", writes)``
+    Usage: ``enqueue(redis, keys, "rqplus:backlog:emails:", "rq:job:", 5, job.id, 0, False, stamp, writes)``
     """
-    return connection.eval(ENQUEUE, len(keys), *keys, job_id, job_key_prefix, default_priority,
-                           "front" if at_front else "back", enqueued_at, *writes)
+    return run(connection, ENQUEUE, len(keys), *keys, backlog_prefix, job_key_prefix, default_priority, job_id,
+                           priority, "front" if at_front else "back", enqueued_at, *writes)
+
+
+def requeue_failed(connection: Redis, keys: tuple[str, str, str, str], backlog_prefix: str, job_key_prefix: str,
+                   default_priority: int, jobs: Iterable[tuple[str, int, bool, list]]) -> int:
+    """Run ``REQUEUE_FAILED``: ``keys`` are (queue, wake-up list, window priorities, failed registry);
+    ``jobs`` yields (id, priority, at_front, writes flattened as in :func:`enqueue`). Returns how many
+    were requeued.
+
+    Usage: ``requeue_failed(redis, keys, "rqplus:backlog:emails:", "rq:job:", 5, [(job.id, 3, False, writes)])``
+    """
+    words = [word for job_id, priority, at_front, writes in jobs
+             for word in (job_id, priority, "front" if at_front else "back", len(writes), *writes)]
+    return run(connection, REQUEUE_FAILED, len(keys), *keys, backlog_prefix, job_key_prefix, default_priority,
+                           *words)
 
 
 def quarantine(connection: Redis, keys: tuple[str, str, str], job_id: str, score: int, reason: str,
@@ -290,14 +464,16 @@ def quarantine(connection: Redis, keys: tuple[str, str, str], job_id: str, score
 
     Usage: ``quarantine(redis, keys, job_id, expiry, "field 'data' is missing", "emails")``
     """
-    connection.eval(QUARANTINE, 4, *keys, corrupt_key(job_id), job_id, score, reason, queue_name)
+    run(connection, QUARANTINE, 4, *keys, corrupt_key(job_id), job_id, score, reason, queue_name)
 
 
-def reliable_fetch(connection: Redis, queue_keys: list[str], intermediate_keys: list[str]) -> tuple[bytes, bytes] | None:
+def reliable_fetch(connection: Redis, queues: Sequence[tuple[str, str, str, str]],
+                   job_key_prefix: str) -> tuple[bytes, bytes] | None:
     """Move the head of the first non-empty queue into its intermediate list (see ``RELIABLE_FETCH``).
+    ``queues`` are (queue key, intermediate list, window priorities, backlog key prefix) each.
 
-    Usage: ``reliable_fetch(redis, ["rq:queue:a", "rq:queue:b"], ["rq:queue:a:intermediate", ...])``
+    Usage: ``reliable_fetch(redis, [("rq:queue:a", "rq:queue:a:intermediate", window_key("a"), backlog_prefix("a"))], "rq:job:")``
     """
-    keys = [key for pair in zip(queue_keys, intermediate_keys) for key in pair]
-    result = connection.eval(RELIABLE_FETCH, len(keys), *keys)
+    keys = [key for queue, intermediate, window, _ in queues for key in (queue, intermediate, window)]
+    result = run(connection, RELIABLE_FETCH, len(keys), *keys, job_key_prefix, *(backlog for *_, backlog in queues))
     return (result[0], result[1]) if result else None

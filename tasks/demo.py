@@ -32,7 +32,7 @@ from rqplus import MAX_PRIORITY, MIN_PRIORITY, Queue
 from rqplus.defaults import DEFAULT_PRIORITY
 from rqplus.embedded import free_port
 from rqplus.exceptions import DurabilityError
-from rqplus.priority import PRIORITY_KEY
+from rqplus.priority import priority_of
 from tasks import emails, logging as events, payments
 from tasks.gateways import SandboxGateway
 
@@ -105,7 +105,8 @@ def priorities(queue: Queue, job_ids: list[str]) -> list[int]:
 
     Usage: ``priorities(queue, queue.get_job_ids())``
     """
-    return [int(value) if value is not None else DEFAULT_PRIORITY for value in job_field(queue, job_ids, PRIORITY_KEY)]
+    jobs = queue.job_class.fetch_many(job_ids, connection=queue.connection, serializer=queue.serializer)
+    return [DEFAULT_PRIORITY if job is None else priority_of(job) for job in jobs]
 
 
 def count(queue: Queue) -> dict[int, dict[str, int]]:

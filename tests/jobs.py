@@ -12,6 +12,8 @@ from os import getpid as reexported  # noqa: F401 -- defined in posix: a job nam
 
 from rq import get_current_job
 
+from rqplus.priority import LEVELS, backlog_key, window_key
+
 RAN_KEY = "test:ran"
 
 
@@ -39,9 +41,10 @@ WAITING_KEY = "test:waiting"
 def record_waiting(tag: str, seconds: float = 0.0) -> str:
     """``record``, and also note the most urgent priority still waiting in this job's queue at start."""
     job = get_current_job()
-    queued = job.connection.lrange(f"rq:queue:{job.origin}", 0, -1)
-    priorities = [int(job.connection.hget(f"rq:job:{job_id.decode()}", "priority") or 5) for job_id in queued]
-    job.connection.rpush(WAITING_KEY, min(priorities, default=99))
+    connection = job.connection
+    in_window = [int(level) for level in connection.hvals(window_key(job.origin))]
+    in_backlog = [level for level in LEVELS if connection.llen(backlog_key(job.origin, level))]
+    connection.rpush(WAITING_KEY, min(in_window + in_backlog, default=99))
     return record(tag, seconds)
 
 

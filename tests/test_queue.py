@@ -45,10 +45,12 @@ def test_jobs_are_kept_in_priority_order_fifo_within_a_priority(redis):
     assert queue.get_job_ids() == expected
 
 
-def test_priority_is_stored_in_meta_and_in_the_job_hash(redis):
-    job = Queue("q", connection=redis).enqueue(JOB, "a", priority=2, meta={"owner": "x"})
+def test_priority_is_stored_in_meta_and_beside_the_window(redis):
+    queue = Queue("q", connection=redis)
+    job = queue.enqueue(JOB, "a", priority=2, meta={"owner": "x"})
     assert job.meta == {"owner": "x", "priority": 2}
-    assert redis.hget(job.key, "priority") == b"2"
+    assert redis.hget(queue.window_key, job.id) == b"2"
+    assert redis.hget(job.key, "priority") is None, "the job hash is RQ's alone"
     assert priority_of(job.fetch(job.id, connection=redis)) == 2
 
 
@@ -81,7 +83,7 @@ def test_unique_enqueue_is_put_in_priority_order(redis):
     queue.enqueue(JOB, "a", priority=5)
     job = queue.enqueue(JOB, "u", priority=1, job_id="only-once", unique=True)
     assert queue.get_job_ids()[0] == job.id
-    assert redis.hget(job.key, "priority") == b"1"
+    assert redis.hget(queue.window_key, job.id) == b"1"
 
 
 def test_jobs_enqueued_by_stock_rq_count_as_default_priority(redis):
@@ -361,3 +363,96 @@ def test_a_job_function_that_is_neither_callable_nor_a_path_is_a_type_error(redi
     with pytest.raises(TypeError, match="the job function .*`f`.* must be a callable or its dotted path"):
         enqueue(Queue("q", connection=redis))
     assert snapshot(redis) == before
+
+
+# --- the window and the backlog (rqplus.priority) -----------------------------------------------
+
+def expected_order(jobs: list, wanted: list[int]) -> list[str]:
+    return [job.id for _, _, job in sorted((p, n, job) for n, (p, job) in enumerate(zip(wanted, jobs)))]
+
+
+def fill_past_the_window(queue: Queue, extra: int = 200, seed: int = 3) -> list[str]:
+    """WINDOW + extra jobs of mixed priorities, by one enqueue_many; their ids in run order."""
+    rng = random.Random(seed)
+    wanted = [rng.choice([0, 2, 5, 5, 9]) for _ in range(scripts.WINDOW + extra)]
+    jobs = queue.enqueue_many([Queue.prepare_data(JOB, (str(n),), priority=p) for n, p in enumerate(wanted)])
+    return expected_order(jobs, wanted)
+
+
+def test_a_backlog_beyond_the_window_is_counted_listed_and_taken_in_order(redis):
+    queue = Queue("q", connection=redis)
+    order = fill_past_the_window(queue)
+    assert redis.llen(queue.key) == scripts.WINDOW, "RQ's list holds the window only"
+    assert queue.count == len(order) and len(queue) == len(order)
+    assert RQQueue("q", connection=redis).count == scripts.WINDOW, "stock RQ sees the window"
+    assert queue.get_job_ids() == order
+    assert queue.get_job_ids(scripts.WINDOW - 5, 10) == order[scripts.WINDOW - 5:scripts.WINDOW + 5]
+    assert queue.get_job_ids(0, -2) == order[:-1] and queue.get_job_ids(-3) == order[-3:]
+    assert queue.get_job_position(order[scripts.WINDOW + 7]) == scripts.WINDOW + 7
+    taken = []
+    while (found := Queue.dequeue_any([queue], None, connection=redis)) is not None:
+        taken.append(found[0].id)
+    assert taken == order
+    assert redis.exists(queue.window_key, *queue.backlog_keys) == 0, "nothing left behind"
+
+
+def test_enqueue_many_orders_a_whole_batch_with_one_script(redis):
+    queue = Queue("q", connection=redis)
+    redis.config_resetstat()
+    order = fill_past_the_window(queue, extra=50)
+    assert redis.info("commandstats")["cmdstat_eval"]["calls"] == 1
+    assert queue.get_job_ids() == order
+
+
+def test_remove_cancel_and_delete_reach_the_backlog(redis):
+    queue = Queue("q", connection=redis)
+    order = fill_past_the_window(queue, extra=20)
+    removed, cancelled, deleted = (queue.fetch_job(job_id) for job_id in order[-3:])
+    assert queue.remove(removed) == 1
+    cancelled.cancel()   # RQ's cancel removes the id from RQ's list only: the refill drops it
+    deleted.delete()
+    left = [job_id for job_id in order if job_id not in {removed.id, cancelled.id, deleted.id}]
+    taken = []
+    while (found := Queue.dequeue_any([queue], None, connection=redis)) is not None:
+        taken.append(found[0].id)
+    assert taken == left
+
+
+def test_empty_and_delete_take_the_backlog_and_its_jobs(redis):
+    queue = Queue("q", connection=redis)
+    order = fill_past_the_window(queue, extra=30)
+    assert queue.empty() == len(order)
+    assert queue.count == 0 and redis.exists(*(f"rq:job:{job_id}" for job_id in order)) == 0
+    fill_past_the_window(queue, extra=5)
+    queue.delete(delete_jobs=True)
+    assert redis.exists(queue.key, queue.window_key, *queue.backlog_keys) == 0
+    assert b"rq:queue:q" not in redis.smembers("rq:queues")
+
+
+def test_requeue_failed_many_requeues_at_each_priority_as_rq_does(redis):
+    queue = Queue("q", connection=redis)
+    order = fill_past_the_window(queue, extra=10)
+    jobs = [queue.fetch_job(job_id) for job_id in order]
+    for job in jobs:
+        queue.remove(job)
+        job.set_status("failed")
+        queue.failed_job_registry.add(job, ttl=600, exc_string="ValueError: bad")
+    reference = jobs[0]
+    queue.failed_job_registry.requeue(reference.id)   # RQ's own requeue, for the fields it writes
+    rq_fields = redis.hgetall(reference.key)
+    assert redis.ttl(reference.key) > 0, "RQ's requeue keeps the failure TTL"
+    queue.remove(reference)
+    queue.failed_job_registry.add(reference, ttl=600, exc_string="ValueError: bad")
+    reference.set_status("failed")
+    ids = queue.failed_job_registry.get_job_ids()
+    assert queue.requeue_failed_many(ids + ["gone"]) == len(order)
+    assert queue.requeue_failed_many(ids) == 0, "a second pass finds nothing to requeue"
+    level = {job.id: priority_of(job) for job in jobs}
+    assert queue.get_job_ids() == sorted(ids, key=level.get), "by priority, then in the registry's order"
+    assert queue.failed_job_registry.count == 0
+    mine = redis.hgetall(reference.key)
+    assert {key for key in rq_fields if key != b"enqueued_at"} == {key for key in mine if key != b"enqueued_at"}
+    assert {k: v for k, v in mine.items() if k not in (b"enqueued_at", b"last_heartbeat")} == \
+        {k: v for k, v in rq_fields.items() if k not in (b"enqueued_at", b"last_heartbeat")}
+    assert redis.ttl(reference.key) == -1, "the failed job's expiry is lifted (RQ leaves it)"
+    assert redis.ttl(jobs[1].key) == -1

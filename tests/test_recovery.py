@@ -10,7 +10,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 import pytest
 
-from rqplus import Queue, Worker
+from rqplus import Queue, Worker, priority_of
 from rqplus.recovery import read_identity, worker_identity
 from tests.conftest import commands_sent, wait_for
 from tests.jobs import ran
@@ -46,7 +46,7 @@ def test_job_of_a_sigkilled_worker_runs_again_on_a_live_worker(redis, redis_serv
     wait_for(lambda: job.get_status(refresh=True) == "finished", timeout=30)
     job.refresh()
     assert redis.hget(job.key, "rescues") == b"1"
-    assert redis.hget(job.key, "priority") == b"2"
+    assert priority_of(job) == 2
     assert StartedJobRegistry("work", connection=redis).count == 0
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 from rq import Queue as RQQueue
 from rq import Worker as RQWorker
 
 from rqplus import Queue, Worker
+from rqplus.scripts import WINDOW
 from tests.conftest import subprocess_env, wait_for
 from tests.jobs import RAN_KEY, WAITING_KEY, ran
 
@@ -26,8 +29,8 @@ def fill(redis, name: str = "work") -> dict[str, int]:
     return priorities
 
 
-def finish(processes, proc: subprocess.Popen) -> str:
-    out = processes.finish(proc)
+def finish(processes, proc: subprocess.Popen, timeout: float = 60) -> str:
+    out = processes.finish(proc, timeout)
     assert proc.returncode == 0, out
     return out
 
@@ -66,6 +69,56 @@ def test_rq_info_and_stock_queue_see_one_queue_with_its_true_count(redis, redis_
     assert info.returncode == 0, info.stderr
     assert "work" in info.stdout and "30" in info.stdout
     assert "WRONGTYPE" not in info.stdout + info.stderr
+
+
+def fill_past_the_window(queue: Queue, function: str, extra: int = 200) -> dict[str, int]:
+    """WINDOW + extra jobs of mixed priorities by one enqueue_many: tag -> priority."""
+    rng = random.Random(5)
+    priorities = {f"job{n}": rng.choice([0, 1, 4, 5, 5, 8, 9]) for n in range(WINDOW + extra)}
+    queue.enqueue_many([Queue.prepare_data(function, (tag,), priority=p) for tag, p in priorities.items()])
+    assert queue.connection.llen(queue.key) == WINDOW, "the run must start with a backlog"
+    return priorities
+
+
+def test_two_workers_take_a_backlog_most_urgent_first(redis, redis_server, processes):
+    queue = Queue("work", connection=redis)
+    priorities = fill_past_the_window(queue, "tests.jobs.record_waiting")
+    workers = [processes.rq_worker(redis_server.url, "work") for _ in range(2)]
+    for proc in workers:
+        finish(processes, proc, timeout=180)
+    started = [priorities[tag] for tag in ran(redis)]
+    most_urgent_waiting = [int(p) for p in redis.lrange(WAITING_KEY, 0, -1)]
+    assert sorted(ran(redis)) == sorted(priorities)
+    late = [(n, p, w) for n, (p, w) in enumerate(zip(started, most_urgent_waiting)) if p > w]
+    assert not late, f"jobs started while a more urgent one waited (index, priority, waiting): {late[:5]}"
+    assert redis.exists(queue.key, queue.window_key, *queue.backlog_keys) == 0
+
+
+def test_a_sigkilled_worker_draining_a_backlog_loses_nothing(redis, redis_server, processes):
+    queue = Queue("work", connection=redis)
+    priorities = fill_past_the_window(queue, "tests.jobs.record")
+    workers = [processes.rq_worker(redis_server.url, "work", burst=False, extra=("--job-monitoring-interval", "2"))
+               for _ in range(3)]
+    wait_for(lambda: redis.llen(RAN_KEY) >= 300, timeout=120)
+    processes.kill_group(workers[0])
+    wait_for(lambda: set(ran(redis)) == set(priorities), timeout=240)
+    counts = Counter(ran(redis))
+    assert sum(runs > 1 for runs in counts.values()) <= 1 and max(counts.values()) <= 2, \
+        "only the killed worker's own job may run twice"
+    wait_for(lambda: queue.started_job_registry.count == 0, timeout=60)
+    assert redis.exists(queue.key, queue.intermediate_queue_key, queue.window_key, *queue.backlog_keys) == 0
+
+
+def test_rq_info_with_the_queue_class_counts_the_backlog(redis, redis_server):
+    queue = Queue("deep", connection=redis)
+    queue.enqueue_many([Queue.prepare_data("tests.jobs.record", (str(n),), priority=n % 10)
+                        for n in range(WINDOW + 77)])
+    for queue_class, expected in (("rqplus.Queue", WINDOW + 77), ("rq.Queue", WINDOW)):
+        info = subprocess.run([sys.executable, "-m", "rq.cli", "info", "--url", redis_server.url, "--only-queues",
+                               "--queue-class", queue_class, "deep"],
+                              capture_output=True, text=True, env=subprocess_env(), timeout=60)
+        assert info.returncode == 0, info.stderr
+        assert f" {expected}" in info.stdout, (queue_class, info.stdout)
 
 
 def test_idle_worker_blocks_instead_of_polling(redis, redis_server, processes):

@@ -27,12 +27,14 @@ from rq_scheduler import Scheduler
 from rqplus.dashboard.payloads import DashboardJob, SafeSerializer
 from rqplus.defaults import DEFAULT_PRIORITY
 from rqplus.durability import DurabilityReport, cached_check
-from rqplus.priority import PRIORITY_KEY, validate_priority
+from rqplus.priority import LEVELS, validate_priority
 from rqplus.queue import Queue
 from rqplus.recovery import marker_key, read_identity
 from rqplus.worker import Worker
 
-#: Queued ids read per queue for the per-priority counts; longer queues show partial counts.
+#: Ids read from a queue's RQ list for the per-priority counts. The list holds at most
+#: ``rqplus.scripts.WINDOW`` jobs pushed by rqplus; only stock RQ pushes can make it longer, and
+#: then the counts are partial (``complete`` False, ``rqplus_queue_jobs_exact`` 0).
 SCAN_LIMIT = 10_000
 #: Redis stream of queue depth samples (one entry: queue name -> depth), trimmed to about an hour.
 DEPTH_KEY = "rqplus:dashboard:depth"
@@ -50,7 +52,8 @@ STOCK_WORKER = "stock RQ worker"
 class QueueStats:
     """One queue: depth, waiting jobs per priority and the oldest of each, registry counts.
 
-    ``complete`` is False when the queue is longer than :data:`SCAN_LIMIT` (counts cover its head).
+    ``complete`` is False when the queue's RQ list is longer than :data:`SCAN_LIMIT` (the
+    per-priority counts then cover its head and the backlog).
     """
 
     name: str
@@ -82,8 +85,8 @@ def all_queues(connection: Redis) -> list[Queue]:
 
 
 def stored_priority(raw: bytes | str | None) -> int:
-    """The priority in a job hash's plain ``priority`` field; the default for a missing or bad one
-    (stock RQ pushes have none; a forged or corrupted field must not break a page).
+    """A priority as recorded beside a queue's window (:func:`rqplus.priority.window_key`); the
+    default for a missing or bad one (stock RQ pushes have none; a forged entry must not break a page).
 
     Usage: ``stored_priority(b"0") == 0 and stored_priority(b"x") == 5``
     """
@@ -102,25 +105,45 @@ def _stored_time(raw: bytes | None) -> datetime | None:
 
 
 def _one_queue(queue: Queue, limit: int) -> QueueStats:
+    # exact per-level counts: the window's ids with their recorded priorities (O(window)), plus the
+    # length of each backlog level (O(1) each); oldest of a level: its first id in the window, else
+    # the head of its backlog list (the list is in run order: at_front and stock pushes can break
+    # that, hence the comparison)
     connection = queue.connection
-    job_ids = [as_text(job_id) for job_id in connection.lrange(queue.key, 0, limit - 1)]
     with connection.pipeline(transaction=False) as pipe:
         pipe.llen(queue.key)
+        pipe.lrange(queue.key, 0, limit - 1)
+        for key in queue.backlog_keys:
+            pipe.llen(key)
+            pipe.lindex(key, 0)
         for registry in (StartedJobRegistry, FailedJobRegistry, ScheduledJobRegistry):
             pipe.zcard(registry(queue.name, connection=connection).key)
-        for job_id in job_ids:
-            pipe.hmget(queue.job_class.key_for(job_id), PRIORITY_KEY, "enqueued_at")
-        depth, started, failed, scheduled, *fields = pipe.execute()
-    stats = QueueStats(queue.name, depth, complete=depth <= limit, started=started, failed=failed, scheduled=scheduled)
-    for job_id, (priority, enqueued_at) in zip(job_ids, fields):
-        level = stored_priority(priority)
-        stats.by_priority[level] = stats.by_priority.get(level, 0) + 1
-        when = _stored_time(enqueued_at)
-        # the list is in run order, so the first id of a priority is usually its oldest; at_front
-        # and stock pushes can break that, hence the comparison
+        window_length, window_ids, *rest = pipe.execute()
+    backlog, (started, failed, scheduled) = rest[:-3], rest[-3:]
+    window_ids = [as_text(job_id) for job_id in window_ids]
+    levels = [stored_priority(raw) for raw in (connection.hmget(queue.window_key, window_ids) if window_ids else [])]
+    candidates: dict[int, list[str]] = {}
+    by_priority: dict[int, int] = {}
+    for job_id, level in zip(window_ids, levels):
+        by_priority[level] = by_priority.get(level, 0) + 1
+        candidates.setdefault(level, []).append(job_id)
+    for level, length, head in zip(LEVELS, backlog[0::2], backlog[1::2]):
+        if length:
+            by_priority[level] = by_priority.get(level, 0) + length
+            candidates.setdefault(level, []).append(as_text(head))
+    firsts = [(level, ids[0]) for level, ids in candidates.items()]
+    firsts += [(level, ids[-1]) for level, ids in candidates.items() if len(ids) > 1]
+    with connection.pipeline(transaction=False) as pipe:
+        for _, job_id in firsts:
+            pipe.hget(queue.job_class.key_for(job_id), "enqueued_at")
+        stamps = pipe.execute()
+    stats = QueueStats(queue.name, window_length + sum(backlog[0::2]), complete=window_length <= limit,
+                       started=started, failed=failed, scheduled=scheduled,
+                       by_priority=dict(sorted(by_priority.items())))
+    for (level, job_id), stamp in zip(firsts, stamps):
+        when = _stored_time(stamp)
         if level not in stats.oldest or (when and (stats.oldest[level][1] is None or when < stats.oldest[level][1])):
             stats.oldest[level] = (job_id, when)
-    stats.by_priority = dict(sorted(stats.by_priority.items()))
     return stats
 
 
@@ -231,6 +254,8 @@ def prometheus(connection: Redis, report: DurabilityReport | None = None) -> str
     families = [
         ("rqplus_queue_jobs", "Jobs waiting in a queue, by priority (0 most urgent).",
          [({"queue": s.name, "priority": str(p)}, n) for s in stats for p, n in s.by_priority.items()]),
+        ("rqplus_queue_jobs_exact", "1 when rqplus_queue_jobs counts every waiting job of the queue, 0 when partial.",
+         [({"queue": s.name}, int(s.complete)) for s in stats]),
         ("rqplus_queue_depth", "Jobs waiting in a queue.", [({"queue": s.name}, s.depth) for s in stats]),
         ("rqplus_queue_oldest_job_age_seconds", "Age of the oldest waiting job, by priority.",
          [({"queue": s.name, "priority": str(p)}, round(now - when.timestamp(), 3))

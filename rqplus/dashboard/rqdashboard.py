@@ -31,6 +31,7 @@ from flask import Flask, Response, current_app, jsonify, make_response, render_t
 from jinja2 import BaseLoader, ChoiceLoader, Environment, FileSystemLoader
 from redis import Redis
 from rq import VERSION as RQ_VERSION
+from rq import Queue as RQQueue
 from rq.results import Result
 from rq.utils import as_text
 from werkzeug.exceptions import MethodNotAllowed, NotFound
@@ -117,6 +118,10 @@ def mount(app: Flask, prefix: str) -> None:
     # function: the bounded, pipelined page_of_jobs instead (see there)
     assert callable(rqd.get_queue_registry_jobs_count), "rq-dashboard's get_queue_registry_jobs_count moved"
     rqd.get_queue_registry_jobs_count = page_of_jobs
+    # rq-dashboard lists and counts queues with the Queue its module imported from rq: rqplus.Queue,
+    # so a queue's count includes its backlog (rq.Queue counts RQ's list alone, see rqplus.priority)
+    assert rqd.Queue is RQQueue or rqd.Queue is Queue, "rq-dashboard no longer uses rq's Queue"
+    rqd.Queue = Queue
     # rq-dashboard's push_rq_connection builds a new Redis client (a new pool, new TCP connections)
     # on every request naming an instance, i.e. every JSON poll, and swaps app.redis_conn under the
     # other server threads. rqplus serves one Redis: the dashboard's client set above is kept.
@@ -239,16 +244,22 @@ def page_of_jobs(queue_name: str, registry_name: str, offset: int, per_page: int
 
     Usage: ``total, jobs = page_of_jobs("emails", "failed", 0, 8, "dsc", redis)``
     """
-    if registry_name == "queued":
-        key, read = Queue(queue_name, connection=connection).key, connection.lrange
-        total = connection.llen(key)
+    if registry_name == "queued":  # the RQ list, then the backlog, in run order
+        queue = Queue(queue_name, connection=connection)
+        total = queue.count
+
+        def read(first: int, last: int) -> list:
+            return queue.get_job_ids(first, last - first + 1)
     else:
-        key, read = actions.REGISTRIES[registry_name](queue_name, connection=connection).key, connection.zrange
+        key = actions.REGISTRIES[registry_name](queue_name, connection=connection).key
         total = connection.zcard(key)
+
+        def read(first: int, last: int) -> list:
+            return connection.zrange(key, first, last)
     # the page's bounds, inside the list: negative ones would count from the other end
     last = total - 1 - offset if order == "dsc" else min(offset + per_page, total) - 1
     first = max(last - per_page + 1, 0) if order == "dsc" else offset
-    job_ids = [as_text(job_id) for job_id in read(key, first, last)] if first <= last else []
+    job_ids = [as_text(job_id) for job_id in read(first, last)] if first <= last else []
     jobs = [job for job in actions.fetch_many(connection, job_ids) if job is not None]
     masker = dashboard().masker
     listed = [dict(id=job.id, created_at=rqd.serialize_date(job.created_at),
