@@ -62,8 +62,11 @@ def build(conn: Redis, queue: rq.Queue, upto: int, done: int, priorities: list[i
         count = min(BATCH, upto - start)
         if priorities is None:
             datas = [rq.Queue.prepare_data(FUNC, (n,)) for n in range(start, start + count)]
-        else:
+        elif isinstance(queue, rqplus.Queue):
             datas = [rqplus.Queue.prepare_data(FUNC, (n,), priority=priorities[n]) for n in range(start, start + count)]
+        else:  # stock jobs carrying the same meta as rqplus' (for the memory comparison)
+            datas = [rq.Queue.prepare_data(FUNC, (n,), meta={"priority": priorities[n]})
+                     for n in range(start, start + count)]
         queue.enqueue_many(datas)
     return time.perf_counter() - started
 
@@ -78,7 +81,8 @@ def single_cost(conn: Redis, enqueue) -> float:
 
 
 def side(conn: Redis, label: str, queue: rq.Queue, lengths: list[int], mixed: bool) -> dict:
-    """Build ``queue`` through ``lengths``, measuring at each one; returns the figures by length."""
+    """Build ``queue`` through ``lengths``, measuring at each one; returns the figures by length.
+    ``mixed``: jobs at random priorities 0-9 (for stock RQ, the same ``meta`` rqplus stores)."""
     conn.flushall()
     rng = random.Random(12)
     priorities = [rng.randrange(10) for _ in range(lengths[-1])] if mixed else None
@@ -92,13 +96,50 @@ def side(conn: Redis, label: str, queue: rq.Queue, lengths: list[int], mixed: bo
         built += length - done
         memory = (conn.info("memory")["used_memory"] - base) / queue.count
         cases = {"p5": lambda: queue.enqueue(FUNC)}
-        if mixed:
+        if isinstance(queue, rqplus.Queue):
             cases = {"p0": lambda: queue.enqueue(FUNC, priority=0), "p5": lambda: queue.enqueue(FUNC, priority=5),
                      "p9": lambda: queue.enqueue(FUNC, priority=9),
                      "mixed": lambda: queue.enqueue(FUNC, priority=rng.randrange(10))}
         figures[length] = {"build_rate": built / seconds, "memory": memory,
                            **{name: single_cost(conn, enqueue) for name, enqueue in cases.items()}}
     return figures
+
+
+FAILED = 200_000
+PAGES = ("/", "/metrics", "/failed", "/rq/0/data/queues.json", "/rq/0/data/jobs/bench/queued/100/asc/1.json",
+         "/rq/0/data/jobs/bench/queued/100/asc/9000.json", "/rq/0/data/jobs/bench/failed/100/dsc/1.json")
+
+
+def page_times(conn: Redis, url: str, failed: int) -> dict[str, float]:
+    """With the queue built, ``failed`` failed jobs added (copies of one failed job's hash, pipelined):
+    seconds per dashboard page, median of 3, through Flask's test client logged in."""
+    from rqplus.dashboard import Credentials, create_app
+
+    queue = rqplus.Queue("bench", connection=conn)
+    fields = conn.hgetall(queue.enqueue(FUNC).key)
+    fields.update({b"status": b"failed", b"exc_info": b""})
+    for start in range(0, failed, 10_000):
+        with conn.pipeline(transaction=False) as pipe:
+            ids = [f"failed-{n:07d}" for n in range(start, min(failed, start + 10_000))]
+            for job_id in ids:
+                pipe.hset(f"rq:job:{job_id}", mapping=fields)
+            pipe.zadd(queue.failed_job_registry.key, {job_id: 2_000_000_000 for job_id in ids})
+            pipe.execute()
+    app = create_app(url, credentials=Credentials("bench", "a bench password"), secret_key="bench")
+    client = app.test_client()
+    client.get("/login")
+    client.post("/login", data={"username": "bench", "password": "a bench password",
+                                "_csrf_token": client.get_cookie("_csrf_token").value})
+    times = {}
+    for page in PAGES:
+        samples = []
+        for _ in range(3):
+            started = time.perf_counter()
+            answer = client.get(page)
+            samples.append(time.perf_counter() - started)
+            assert answer.status_code == 200, (page, answer.status_code)
+        times[page] = statistics.median(samples)
+    return times
 
 
 def bulk_default(conn: Redis, n: int, rounds: int) -> dict[str, list[float]]:
@@ -121,7 +162,11 @@ def main() -> None:
     with RedisServer(config={"appendonly": "no", "save": ""}) as server:
         conn = server.client()
         stock = side(conn, "stock", rq.Queue("bench", connection=conn), lengths, mixed=False)
+        stock_meta = side(conn, "stock, same meta", rq.Queue("bench", connection=conn), lengths, mixed=True)
         plus = side(conn, "rqplus", rqplus.Queue("bench", connection=conn), lengths, mixed=True)
+        failed = FAILED // 10 if args.quick else FAILED
+        progress(f"dashboard pages at {lengths[-1]:,} queued, {failed:,} failed")
+        pages = page_times(conn, server.url, failed)
         bulk = bulk_default(conn, 20_000 if args.quick else 100_000, rounds)
         version = conn.info("server")["redis_version"]
     print(f"rqplus {rqplus.__version__} ({revision()}) vs rq {rq.__version__} | redis-server {version} | "
@@ -136,8 +181,13 @@ def main() -> None:
             ["rqplus / stock"] + [f"{plus[n]['build_rate'] / stock[n]['build_rate']:.2f}" for n in lengths],
             ["stock bytes per job"] + [f"{stock[n]['memory']:.0f}" for n in lengths],
             ["rqplus bytes per job"] + [f"{plus[n]['memory']:.0f}" for n in lengths],
-            ["rqplus / stock"] + [f"{plus[n]['memory'] / stock[n]['memory']:.2f}" for n in lengths]]
+            ["rqplus / stock"] + [f"{plus[n]['memory'] / stock[n]['memory']:.2f}" for n in lengths],
+            ["stock with meta={'priority': p}, bytes per job"] + [f"{stock_meta[n]['memory']:.0f}" for n in lengths],
+            ["rqplus / stock with the same meta"] + [f"{plus[n]['memory'] / stock_meta[n]['memory']:.2f}"
+                                                     for n in lengths]]
     print(table(headers, rows) + "\ngoals: build >= 0.9x stock at 1M; memory <= 1.1x stock\n")
+    print(table([f"dashboard page, {lengths[-1]:,} queued, {failed:,} failed", "seconds (median of 3)"],
+                [[page, f"{seconds:.3f}"] for page, seconds in pages.items()]) + "\ngoal: < 1 s each\n")
     ratios = [p / s for p, s in zip(bulk["rqplus"], bulk["stock"])]
     print(table(["enqueue_many, default priority", "stock jobs/s", "rqplus jobs/s", "rqplus/stock", "range"],
                 [[f"{20_000 if args.quick else 100_000:,} jobs, {rounds} rounds",

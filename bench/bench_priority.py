@@ -1,9 +1,9 @@
-"""Benchmark stock ``rq.Queue`` against ``rqplus.Queue``: enqueue rate, drain rate, insert cost.
+"""Benchmark stock ``rq.Queue`` against ``rqplus.Queue``: enqueue and drain rates.
 
 Starts its own private ``redis-server`` (no persistence) on a free loopback port, never the
 machine's Redis. Stock and rqplus are measured in the same run and interleaved, because the
-machine is shared and noisy: enqueue variants take turns every 100 jobs, insert-cost cases every
-10 inserts, and drains alternate whole runs (order reversed every other round). The tables show medians over
+machine is shared and noisy: enqueue variants take turns every 100 jobs, and drains alternate whole
+runs (order reversed every other round). Insert cost against the backlog's length: bench_backlog.py. The tables show medians over
 rounds and rqplus/stock ratios. Progress goes to stderr, the tables to stdout.
 
 Usage (any working directory; the repo root is put on ``sys.path`` so ``bench.noop`` imports)::
@@ -18,7 +18,6 @@ What each row means: bench/README.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import platform
@@ -81,12 +80,10 @@ class Sizes:
     rounds: int
     enqueue_jobs: int  # jobs per enqueue-rate run
     drain_jobs: int  # jobs per drain-rate run
-    lengths: tuple[int, ...]  # queue lengths for the insert-cost tables
-    inserts: int  # timed inserts per case, length and round
 
 
-FULL = Sizes(rounds=5, enqueue_jobs=5000, drain_jobs=2000, lengths=(10, 1000, 100_000), inserts=200)
-QUICK = Sizes(rounds=3, enqueue_jobs=2000, drain_jobs=500, lengths=(10, 1000, 100_000), inserts=60)
+FULL = Sizes(rounds=5, enqueue_jobs=5000, drain_jobs=2000)
+QUICK = Sizes(rounds=3, enqueue_jobs=2000, drain_jobs=500)
 
 
 def progress(message: str) -> None:
@@ -204,7 +201,7 @@ def rates(conn: Redis, durable_conn: Redis, sizes: Sizes) -> str:
         row(f"2 enqueue, random priority 0-9 ({n} jobs)*", enq["stock"], enq["plus_mixed"], None),
         row(f"3 drain, SimpleWorker burst ({sizes.drain_jobs} no-op jobs)", drain["stock"], drain["plus"], 0.95),
         row(f"4 enqueue, durable=True, AOF Redis ({n} jobs)**", durable["stock"], durable["plus"], None),
-        row(f"5 drain, jobs with a dict argument: pickle.loads / safe unpickler***", drain["pickle_args"],
+        row("5 drain, jobs with a dict argument: pickle.loads / safe unpickler***", drain["pickle_args"],
             drain["safe_args"], 0.95),
     ]
     headers = ["jobs/s (median of rounds)", "stock rq", "rqplus", "rqplus/stock", "ratio range", "target"]
@@ -214,163 +211,6 @@ def rates(conn: Redis, durable_conn: Redis, sizes: Sizes) -> str:
                                    "\n*** both columns rqplus: its worker reading job data with RQ's pickle.loads "
                                    "(column 1) or with rqplus.serializers.SafePickleSerializer (column 2, the default);"
                                    " enqueue does not unpickle, so its rate is unchanged by it")
-
-
-# ---------------------------------------------------------------- insert cost vs queue length
-
-
-@dataclass(frozen=True)
-class Case:
-    label: str
-    insert: Callable[[str], object]  # inserts one job, given a fresh id; returns the Job or anything
-    tail_p9: bool = False  # queue = length x p5 followed by one p9 job
-    from_tail: bool = True  # where to LREM the inserted id from afterwards (cheap end)
-    stat: str = ""  # commandstats entry giving the server-side time ("eval", "rpush", ...)
-    prepare: Callable[[str], object] | None = None  # untimed setup before each insert, given the id
-
-
-def fill(conn: Redis, length: int) -> None:
-    """An empty db with ``length`` priority-5 job ids queued (bare hashes holding only ``priority``)."""
-    conn.flushdb()
-    pipe = conn.pipeline(transaction=False)
-    for start in range(0, length, 5000):
-        ids = [f"fill-{i:06d}" for i in range(start, min(length, start + 5000))]
-        for job_id in ids:
-            pipe.hset(PREFIX + job_id, "priority", 5)
-        pipe.rpush(QUEUE_KEY, *ids)
-        pipe.execute()
-    conn.hset(PREFIX + "tail-p9", "priority", 9)
-
-
-def command_usec(conn: Redis, stat: str) -> tuple[float, int]:
-    """(total usec, calls) that Redis has spent on command ``stat`` so far (INFO commandstats)."""
-    entry = conn.info("commandstats").get(f"cmdstat_{stat}", {})
-    return float(entry.get("usec", 0)), int(entry.get("calls", 0))
-
-
-def insert_block(conn: Redis, case: Case, n: int) -> tuple[float, float, int]:
-    """``n`` timed inserts, each undone untimed: (client seconds, server usec, server calls)."""
-    if case.tail_p9:
-        conn.rpush(QUEUE_KEY, "tail-p9")
-    length = conn.llen(QUEUE_KEY)
-    usec_before, calls_before = command_usec(conn, case.stat)
-    total = 0.0
-    for i in range(n):
-        job_id = f"ins-{i}"
-        if case.prepare is not None:
-            case.prepare(job_id)
-        start = time.perf_counter()
-        result = case.insert(job_id)
-        total += time.perf_counter() - start
-        if isinstance(result, Job):
-            job_id = result.id
-        pipe = conn.pipeline(transaction=False)
-        pipe.lrem(QUEUE_KEY, -1 if case.from_tail else 1, job_id)
-        pipe.delete(PREFIX + job_id)
-        pipe.execute()
-    usec_after, calls_after = command_usec(conn, case.stat)
-    assert conn.llen(QUEUE_KEY) == length, "an insert was not undone"
-    if case.tail_p9:
-        assert conn.rpop(QUEUE_KEY) == b"tail-p9"
-    return total, usec_after - usec_before, calls_after - calls_before
-
-
-def insert_round(conn: Redis, cases: list[Case], n: int, block: int = 10) -> dict[str, tuple[float, float]]:
-    """(client µs, server µs) per insert for every case; cases take turns every ``block`` inserts."""
-    spent = {case.label: [0.0, 0.0, 0] for case in cases}
-    for turn in range(n // block):
-        for case in cases[turn % len(cases):] + cases[:turn % len(cases)]:
-            client, usec, calls = insert_block(conn, case, block)
-            acc = spent[case.label]
-            acc[0] += client
-            acc[1] += usec
-            acc[2] += calls
-    return {label: (client / (n // block * block) * 1e6, usec / calls if calls else float("nan"))
-            for label, (client, usec, calls) in spent.items()}
-
-
-class EvalAsEvalsha:
-    """Stands in for a connection: ``eval(script, ...)`` is sent as ``EVALSHA`` of the same script."""
-
-    def __init__(self, conn: Redis):
-        self.conn = conn
-
-    def eval(self, script: str, numkeys: int, *args: object) -> object:
-        sha = hashlib.sha1(script.encode()).hexdigest()
-        try:
-            return self.conn.evalsha(sha, numkeys, *args)
-        except redis.exceptions.NoScriptError:
-            self.conn.script_load(script)
-            return self.conn.evalsha(sha, numkeys, *args)
-
-
-def raw_insert(queue: rqplus.Queue, evalsha: bool = False) -> Callable[[str], object]:
-    """The Lua insert alone, as ``rqplus.Queue.push_job_id`` sends it (EVAL), or as EVALSHA."""
-    if evalsha:
-        proxy = EvalAsEvalsha(queue.connection)
-        return lambda job_id: queue.push_job_id(job_id, pipeline=proxy)  # type: ignore[arg-type]
-    return lambda job_id: queue.push_job_id(job_id)
-
-
-def with_priority(conn: Redis, priority: int) -> Callable[[str], object]:
-    """Untimed setup for a raw insert: the bare job hash holding ``priority``."""
-    return lambda job_id: conn.hset(PREFIX + job_id, "priority", priority)
-
-
-def insert_tables(conn: Redis, sizes: Sizes) -> str:
-    stock, plus = rq.Queue(QUEUE, connection=conn), rqplus.Queue(QUEUE, connection=conn)
-    enqueue_cases = [
-        Case("stock rq enqueue (RPUSH)", lambda _id: stock.enqueue(FUNC), stat="rpush"),
-        Case("rqplus default p5 (tail probe + RPUSH)", lambda _id: plus.enqueue(FUNC), stat="eval"),
-        Case("rqplus p9 (tail probe + RPUSH)", lambda _id: plus.enqueue(FUNC, priority=9), stat="eval"),
-        Case("rqplus p0 urgent (search + LPUSH)", lambda _id: plus.enqueue(FUNC, priority=0),
-             from_tail=False, stat="eval"),
-        Case("rqplus p6, tail job is p9 (LINSERT walk)", lambda _id: plus.enqueue(FUNC, priority=6),
-             tail_p9=True, stat="eval"),
-        Case("rqplus default p5, tail job is p9", lambda _id: plus.enqueue(FUNC), tail_p9=True, stat="eval"),
-    ]
-
-    raw_cases = [
-        Case("RPUSH alone", lambda job_id: conn.rpush(QUEUE_KEY, job_id), stat="rpush"),
-        Case("Lua insert p5, EVAL", raw_insert(plus), stat="eval", prepare=with_priority(conn, 5)),
-        Case("Lua insert p5, EVALSHA", raw_insert(plus, True), stat="evalsha", prepare=with_priority(conn, 5)),
-        Case("Lua insert p0, EVAL", raw_insert(plus), from_tail=False, stat="eval", prepare=with_priority(conn, 0)),
-        Case("Lua insert p6, tail job p9, EVAL", raw_insert(plus), tail_p9=True, stat="eval",
-             prepare=with_priority(conn, 6)),
-    ]
-
-    enq: dict[int, dict[str, tuple[float, float]]] = {}
-    raw: dict[int, dict[str, tuple[float, float]]] = {}
-    for length in sizes.lengths:
-        progress(f"insert cost at length {length:,}: filling, then {sizes.rounds} rounds")
-        fill(conn, length)
-        cases = [*enqueue_cases, *raw_cases]
-        runs: dict[str, list[tuple[float, float]]] = {c.label: [] for c in cases}
-        for _ in range(sizes.rounds):
-            for label, costs in insert_round(conn, cases, sizes.inserts).items():
-                runs[label].append(costs)
-        med = {label: (statistics.median(c for c, _ in v), statistics.median(s for _, s in v))
-               for label, v in runs.items()}
-        enq[length] = {c.label: med[c.label] for c in enqueue_cases}
-        raw[length] = {c.label: med[c.label] for c in raw_cases}
-
-    stock_label = enqueue_cases[0].label
-    headers = ["µs per enqueue (client, median)"] + [f"len {length:,}" for length in sizes.lengths]
-    rows = []
-    for case in enqueue_cases:
-        cells = [case.label]
-        for length in sizes.lengths:
-            client, _ = enq[length][case.label]
-            ratio = client / enq[length][stock_label][0]
-            cells.append(f"{client:.0f}" + ("" if case.label == stock_label else f" ({ratio:.2f}x)"))
-        rows.append(cells)
-    first = table(headers, rows) + "\n(x) = rqplus / stock at the same queue length; lower is better"
-
-    headers = ["raw insert µs: client / server"] + [f"len {length:,}" for length in sizes.lengths]
-    rows = [[case.label] + [f"{raw[length][case.label][0]:.1f} / {raw[length][case.label][1]:.1f}"
-                            for length in sizes.lengths] for case in raw_cases]
-    second = table(headers, rows) + "\nserver = INFO commandstats usec_per_call of RPUSH / EVAL / EVALSHA"
-    return first + "\n\n" + second
 
 
 def revision() -> str:
@@ -396,7 +236,7 @@ def main() -> None:
     args = command_line(__doc__, 30)
     sizes = QUICK if args.quick else FULL
     if args.rounds:
-        sizes = Sizes(args.rounds, sizes.enqueue_jobs, sizes.drain_jobs, sizes.lengths, sizes.inserts)
+        sizes = Sizes(args.rounds, sizes.enqueue_jobs, sizes.drain_jobs)
     os.environ["RQPLUS_JOB_MODULES"] = "bench.noop"  # rqplus workers run allow-listed functions only
     # this private Redis has no AOF on purpose: drop rqplus.Worker's start-up warning about it
     logging.getLogger("rq.worker").addFilter(lambda record: "not durable" not in record.getMessage())
@@ -406,7 +246,7 @@ def main() -> None:
         conn, durable_conn = server.client(), durable.client()
         redis_version = conn.info("server")["redis_version"]
         load = os.getloadavg()[0]
-        parts = [rates(conn, durable_conn, sizes), insert_tables(conn, sizes)]
+        parts = [rates(conn, durable_conn, sizes)]
         conn.close()
         durable_conn.close()
     print(f"rqplus {rqplus.__version__} ({revision()}) vs rq {rq.__version__} | redis-server {redis_version}, redis-py "

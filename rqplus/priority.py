@@ -4,8 +4,9 @@ A job's priority is ``job.meta["priority"]``. A queue keeps its waiting jobs in 
 
 * the *window*: RQ's own LIST ``rq:queue:<name>``, holding the most urgent jobs (at most
   ``rqplus.scripts.WINDOW``) in run order, so RQ's dequeue, ``rq info`` and rq-dashboard read an
-  ordered list; the priority of each job in it is kept beside it (:func:`window_key`), so the Lua
-  insert compares jobs without reading job hashes;
+  ordered list; the priority of each job in it is kept beside it (:func:`window_key`), and how
+  many of its jobs each level has (:func:`window_counts_key`), so the Lua insert finds a job's
+  place without reading job hashes or searching;
 * the *backlog*: one FIFO list per priority level (:func:`backlog_key`) holding the rest. Every job
   in the window runs before every job in the backlog; each rqplus pop refills the window.
 
@@ -83,6 +84,15 @@ def window_key(queue_name: str) -> str:
     Usage: ``window_key("emails") == "rqplus:window:emails"``
     """
     return f"rqplus:window:{queue_name}"
+
+
+def window_counts_key(queue_name: str) -> str:
+    """The hash of level -> how many jobs of that level are in a queue's window (the Lua insert's
+    index, without a search).
+
+    Usage: ``window_counts_key("emails") == "rqplus:window:emails:levels"``
+    """
+    return f"{window_key(queue_name)}:levels"
 
 
 def backlog_prefix(queue_name: str) -> str:

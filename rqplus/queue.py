@@ -40,7 +40,8 @@ from rqplus.defaults import DEFAULT_PRIORITY, MAX_PAYLOAD_BYTES, MAX_QUEUE_NAME
 REQUEUE_BATCH = 1000
 from rqplus.durability import require_durable
 from rqplus.faults import REDIS_DOWN, TRANSIENT, wait_out
-from rqplus.priority import LEVELS, backlog_key, backlog_prefix, priority_of, window_key, with_priority
+from rqplus.priority import (LEVELS, backlog_key, backlog_prefix, priority_of, window_counts_key, window_key,
+                             with_priority)
 from rqplus.scripts import (MERGE_BACKLOG, REFILL, enqueue, priority_insert, quarantine, reliable_fetch,
                             requeue_failed, run, wake_key)
 
@@ -130,13 +131,19 @@ class Queue(RQQueue):
         return priority_insert(connection, self._order_keys, backlog_prefix(self.name),
                                self.job_class.redis_job_namespace_prefix, DEFAULT_PRIORITY, jobs)
 
+    def _lengths(self) -> tuple[list[str], list[int]]:
+        """The lists holding this queue's jobs, in run order (RQ's list, then each backlog level),
+        and their lengths, in one round trip."""
+        keys = [self.key, *self.backlog_keys]
+        with self.connection.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.llen(key)
+            return keys, pipe.execute()
+
     # RQ change: the backlog counts too (RQ: LLEN of the list alone).
     @property
     def count(self) -> int:
-        with self.connection.pipeline(transaction=False) as pipe:
-            for key in (self.key, *self.backlog_keys):
-                pipe.llen(key)
-            return sum(pipe.execute())
+        return sum(self._lengths()[1])
 
     # RQ change: the slice runs on through the backlog, in run order (RQ: LRANGE of the list alone).
     def get_job_ids(self, offset: int = 0, length: int = -1) -> list[str]:
@@ -146,11 +153,7 @@ class Queue(RQQueue):
         """
         if length == 0:
             return []
-        keys = [self.key, *self.backlog_keys]
-        with self.connection.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.llen(key)
-            lengths = pipe.execute()
+        keys, lengths = self._lengths()
         total = sum(lengths)
         start = max(offset + total if offset < 0 else offset, 0)
         stop = total + length + 1 if length < 0 else start + length
@@ -204,7 +207,7 @@ class Queue(RQQueue):
     # RQ change: the backlog lists and the window's priorities go with the queue.
     def delete(self, delete_jobs: bool = True) -> None:
         super().delete(delete_jobs=delete_jobs)
-        self.connection.delete(self.window_key, *self.backlog_keys)
+        self.connection.delete(self.window_key, window_counts_key(self.name), *self.backlog_keys)
 
     def enqueue(self, f: Any, *args: Any, priority: int | None = None, **kwargs: Any) -> Job:
         """Enqueue ``f(*args, **kwargs)`` at ``priority``; other options as in ``rq.Queue.enqueue``.

@@ -33,6 +33,9 @@ WINDOW = 1000
 #   queue   the window: RQ's LIST, at most WINDOW ids in run order (priorities ascend from the head,
 #           FIFO among equals), so RQ's dequeue, `rq info` and rq-dashboard read an ordered list
 #   wp      hash: id -> priority of each job in the window (no job hash is read to order jobs)
+#   wp .. ':levels'  hash: level -> how many of the window's jobs are at that level, so an insert
+#           finds its index without searching; rebuilt from wp whenever the counts do not add up
+#           to the window's length (stock RQ code popped or pushed, `Queue.remove`)
 #   bp      backlog key prefix: list bp .. level holds the rest of level `level`, FIFO
 # Invariant: every job in the window runs before every job in the backlog. Stock RQ code that pops
 # the window does not refill it; the next rqplus push or pop on the queue does.
@@ -55,6 +58,38 @@ local function window_priority(wp, id, default)
   return p
 end
 
+local function count(wp, level, by)
+  redis.call('HINCRBY', wp .. ':levels', level, by)
+end
+
+-- how many of the window's n jobs are at each level (a table indexed like LEVELS)
+local function level_counts(queue, wp, n, default)
+  local raw = redis.call('HMGET', wp .. ':levels', unpack(LEVELS))
+  local counts, total = {}, 0
+  for k = 1, #LEVELS do
+    counts[k] = tonumber(raw[k]) or 0
+    total = total + counts[k]
+  end
+  if total == n then return counts end
+  for k = 1, #LEVELS do counts[k] = 0 end
+  local ids = redis.call('LRANGE', queue, 0, -1)
+  for start = 1, #ids, 500 do
+    local chunk = {unpack(ids, start, math.min(start + 499, #ids))}
+    local levels = redis.call('HMGET', wp, unpack(chunk))
+    for k = 1, #chunk do
+      local p = tonumber(levels[k])
+      if not p or p ~= math.floor(p) or p < """ + str(MIN_PRIORITY) + """ or p > """ + str(MAX_PRIORITY) + """ then
+        p = default
+      end
+      counts[p - """ + str(MIN_PRIORITY) + """ + 1] = counts[p - """ + str(MIN_PRIORITY) + """ + 1] + 1
+    end
+  end
+  local fields = {}
+  for k, level in ipairs(LEVELS) do table.insert(fields, level); table.insert(fields, counts[k]) end
+  redis.call('HSET', wp .. ':levels', unpack(fields))
+  return counts
+end
+
 -- drops entries of ids no longer in the window (popped by stock RQ code), once they pile up
 local function tidy(queue, wp)
   if redis.call('HLEN', wp) <= 2 * WINDOW then return end
@@ -67,7 +102,7 @@ local function tidy(queue, wp)
       if levels[k] then table.insert(kept, id); table.insert(kept, levels[k]) end
     end
   end
-  redis.call('DEL', wp)
+  redis.call('DEL', wp, wp .. ':levels')
   for start = 1, #kept, 1000 do redis.call('HSET', wp, unpack(kept, start, math.min(start + 999, #kept))) end
 end
 
@@ -89,6 +124,7 @@ local function refill(queue, wp, bp, prefix)
   for k, level in ipairs(LEVELS) do levels[k] = bp .. level end
   if redis.call('EXISTS', unpack(levels)) == 0 then return n end
   for k, key in ipairs(levels) do
+    local moved = 0
     while n < WINDOW do
       local ids = redis.call('LPOP', key, WINDOW - n)
       if not ids then break end
@@ -97,12 +133,23 @@ local function refill(queue, wp, bp, prefix)
           redis.call('RPUSH', queue, id)
           redis.call('HSET', wp, id, LEVELS[k])
           n = n + 1
+          moved = moved + 1
         end
       end
     end
+    if moved > 0 then count(wp, LEVELS[k], moved) end
     if n >= WINDOW then break end
   end
   return n
+end
+
+-- forgets a job id that left the window (its priority entry and its level's count)
+local function left_window(wp, id)
+  local level = redis.call('HGET', wp, id)
+  if level then
+    redis.call('HDEL', wp, id)
+    count(wp, level, -1)
+  end
 end
 
 -- puts job_id, of priority p, in its place: into the window if it runs before the window's last
@@ -111,36 +158,32 @@ end
 -- before the jobs of equal or less urgent priority. n is the window's length, as `refill` (called
 -- once before a run of inserts) or the previous insert returned; returns the new length.
 local function insert(queue, wp, bp, default, job_id, p, mode, n)
-  local runs_after
-  if mode == 'front' then
-    runs_after = function(q) return q >= p end
-  else
-    runs_after = function(q) return q > p end
-  end
-  local lo, hi = 0, n
-  if n > 0 and not runs_after(window_priority(wp, redis.call('LINDEX', queue, -1), default)) then
-    if n >= WINDOW then
+  if n >= WINDOW then
+    local last = window_priority(wp, redis.call('LINDEX', queue, -1), default)
+    if last < p or (last == p and mode ~= 'front') then  -- runs after the whole window
       if mode == 'front' then redis.call('LPUSH', bp .. p, job_id) else redis.call('RPUSH', bp .. p, job_id) end
       return n
     end
-    lo = n
   end
-  while lo < hi do  -- first index whose job runs after the new one (n when there is none)
-    local mid = math.floor((lo + hi) / 2)
-    if runs_after(window_priority(wp, redis.call('LINDEX', queue, mid), default)) then hi = mid else lo = mid + 1 end
+  -- its index: after every job of a more urgent level, and of its own level unless "front"
+  local index = 0
+  for k, c in ipairs(level_counts(queue, wp, n, default)) do
+    local level = k - 1 + """ + str(MIN_PRIORITY) + """
+    if level < p or (level == p and mode ~= 'front') then index = index + c end
   end
-  if lo == n then
+  if index >= n then
     redis.call('RPUSH', queue, job_id)
-  elseif lo == 0 then
+  elseif index == 0 then
     redis.call('LPUSH', queue, job_id)
   else
-    redis.call('LINSERT', queue, 'BEFORE', redis.call('LINDEX', queue, lo), job_id)
+    redis.call('LINSERT', queue, 'BEFORE', redis.call('LINDEX', queue, index), job_id)
   end
   redis.call('HSET', wp, job_id, p)
+  count(wp, p, 1)
   if n >= WINDOW then
     local last = redis.call('RPOP', queue)
     redis.call('LPUSH', bp .. window_priority(wp, last, default), last)
-    redis.call('HDEL', wp, last)
+    left_window(wp, last)
     return n
   end
   return n + 1
@@ -163,7 +206,7 @@ for i = 4, #ARGV, 4 do
   local job_id = ARGV[i]
   if ARGV[i + 3] ~= 'move' or redis.call('LREM', queue, -1, job_id) == 1 then
     if ARGV[i + 3] == 'move' then
-      redis.call('HDEL', wp, job_id)
+      left_window(wp, job_id)
       n = refill(queue, wp, bp, prefix)
     end
     n = insert(queue, wp, bp, default, job_id, tonumber(ARGV[i + 1]), ARGV[i + 2], n)
@@ -247,7 +290,7 @@ return requeued
 # ARGV[1] = job hash key prefix, ARGV[2] = backlog key prefix, ARGV[3] = the id that left
 # Returns the window's length.
 REFILL = _INSERT + """
-redis.call('HDEL', KEYS[2], ARGV[3])
+left_window(KEYS[2], ARGV[3])
 return refill(KEYS[1], KEYS[2], ARGV[2], ARGV[1])
 """
 
@@ -265,7 +308,7 @@ for i = 3, #KEYS do
     moved = moved + #ids
   end
 end
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[2] .. ':levels')
 return moved
 """
 
@@ -303,7 +346,7 @@ for i = 1, #KEYS, 3 do
   if not job_id and refill(queue, wp, bp, ARGV[1]) > 0 then job_id = redis.call('LPOP', queue) end
   if job_id then
     redis.call('RPUSH', KEYS[i + 1], job_id)
-    redis.call('HDEL', wp, job_id)
+    left_window(wp, job_id)
     refill(queue, wp, bp, ARGV[1])
     return {queue, job_id}
   end
