@@ -204,9 +204,9 @@ def enqueue_email(recipient: str, subject: str, body: str, *, priority: int | No
     """Validate, then enqueue :func:`send_email` on ``queue`` with its declared defaults (a
     :func:`retry_policy` retry, priority ``DEFAULT_EMAIL_PRIORITY``, 3, unless ``priority`` is given).
 
-    ``connection`` defaults to
-    ``rqplus.connections.shared()`` (``REDIS_URL``). A malformed address or subject raises
-    ``InvalidEmailError`` (a ``ValueError``), a non-str ``TypeError``, before anything is written.
+    ``connection`` defaults to ``rqplus.connections.shared()`` (``REDIS_URL``). A malformed
+    address or subject raises ``InvalidEmailError`` (a ``ValueError``), a non-str ``TypeError``,
+    before anything is written.
     With ``job_id``, enqueueing is idempotent: while a job of that id exists, it is returned and
     nothing new is enqueued (for messages a re-run job must not send twice, e.g. receipts).
     Workers need ``--with-scheduler`` for the retry intervals to fall due.
