@@ -56,9 +56,6 @@ from rqplus.defaults import DEFAULT_DATA_DIR  # noqa: E402
 
 #: The queue drain jobs go to (``drain_events.delay()``).
 QUEUE = "events"
-#: A drain job not started within this many seconds is dropped (RQ's job ``ttl``): a later one
-#: drains the same events, and triggers do not pile up while no worker serves the queue.
-DRAIN_JOB_TTL = 600
 #: The Redis list producers push event records onto (JSON objects, oldest first).
 EVENTS_KEY = "rqplus:events"
 #: Held (with a random token) by the one consumer draining ``EVENTS_KEY`` now.
@@ -289,7 +286,7 @@ def _connection(connection: Redis | None) -> Redis:
     return job.connection if job is not None else shared()
 
 
-@task(queue=QUEUE, ttl=DRAIN_JOB_TTL)
+@task(queue=QUEUE)
 def drain_events(max_batches: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, *,
                  path: str | os.PathLike | None = None, connection: Redis | None = None,
                  lease_seconds: float = LEASE_SECONDS) -> int:
@@ -299,8 +296,7 @@ def drain_events(max_batches: int | None = None, batch_size: int = DEFAULT_BATCH
     safe to trigger often. ``path`` defaults to :func:`sink_path`; ``connection`` to the running
     job's, else ``REDIS_URL``'s. ``max_batches`` bounds one run (None: until the list is empty).
 
-    Its jobs go to the ``events`` queue (``drain_events.delay()``) and are dropped when not
-    started within ``DRAIN_JOB_TTL`` seconds, however they are enqueued.
+    ``drain_events.delay()`` enqueues it on the ``events`` queue.
 
     Usage: ``drain_events.delay()`` or ``Queue("events", connection=redis).enqueue("tasks.logging.drain_events")``
     """
