@@ -56,14 +56,19 @@ def validate_priority(priority: Any) -> int:
     return value
 
 
-def with_priority(meta: dict | None, priority: Any) -> dict:
+def with_priority(meta: dict | None, priority: Any, default: int | None = None) -> dict:
     """A copy of ``meta`` carrying the validated priority: ``priority`` if given, else the one
-    already in ``meta``, else the default. The caller's dict is not changed.
+    already in ``meta``, else ``default``. With none of them, the copy carries no priority yet
+    (``Queue.create_job`` then gives the job function's declared one, else the default, 5). The
+    caller's dict is not changed.
 
     Usage: ``with_priority({"user": 7}, 0) == {"user": 7, "priority": 0}``
     """
     meta = meta or {}
-    return {**meta, PRIORITY_KEY: validate_priority(meta.get(PRIORITY_KEY) if priority is None else priority)}
+    chosen = meta.get(PRIORITY_KEY) if priority is None else priority
+    if chosen is None and default is None:
+        return dict(meta)
+    return {**meta, PRIORITY_KEY: validate_priority(default if chosen is None else chosen)}
 
 
 def priority_of(job: Job) -> int:

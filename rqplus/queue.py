@@ -44,6 +44,7 @@ from rqplus.priority import (LEVELS, backlog_key, backlog_prefix, priority_of, w
                              with_priority)
 from rqplus.scripts import (MERGE_BACKLOG, REFILL, enqueue, priority_insert, quarantine, reliable_fetch,
                             requeue_failed, run, wake_key)
+from rqplus.task import task_defaults
 
 #: The job hash fields RQ parses when it loads a job, each with a parser of its text: a job whose
 #: hash fails one of them is quarantined with a reason naming the field.
@@ -254,8 +255,13 @@ class Queue(RQQueue):
     # rqplus.scripts): it checks the queue and job keys before it writes (a refused enqueue writes
     # nothing), and it is re-sent while Redis is unreachable, up to ``enqueue_retry_seconds``,
     # without ever creating the job twice (RQ's MULTI, re-sent by redis-py, pushes the id twice).
+    # RQ change too: a job created without create_job (rq-scheduler's Job.create) arrives here when
+    # due, still SCHEDULED: it gets its function's @task defaults then, as create_job gives them.
     def enqueue_job(self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False,
                     unique: bool = False) -> Job:
+        declared = task_defaults(job.func_name) if job.get_status(refresh=False) == JobStatus.SCHEDULED else None
+        if declared is not None:
+            declared.fill_job(job)
         if pipeline is not None or unique or job._dependency_ids or not self._is_async or rate_limited(job):
             return super().enqueue_job(job, pipeline=pipeline, at_front=at_front, unique=unique)
         self.log.debug("Enqueueing job %s to queue %s (at_front=%s)", job.id, self.name, at_front)
@@ -308,14 +314,18 @@ class Queue(RQQueue):
     # bypass the keyword above are checked too), a function a worker can import by name,
     # arguments that serialize within the size limit, and for a durable queue, a durable Redis.
     # (RQ finds bad arguments only while saving, after it has already registered the queue.)
+    # Options the caller left None come from the function's @task defaults (rqplus.task), if any.
     @rq_signature(RQQueue.create_job)
     def create_job(self, **arguments: Any) -> Job:
         check_queue_name(self.name)
         check_job_function(arguments["func"])
-        arguments["meta"] = with_priority(arguments.get("meta"), None)
+        declared = task_defaults(arguments["func"])
+        if declared is not None:
+            declared.fill(arguments)
+        arguments["meta"] = with_priority(arguments.get("meta"), None, DEFAULT_PRIORITY)
         job = super().create_job(**arguments)
         self._check_payload(job)
-        if self.durable:
+        if self.durable or (declared is not None and declared.durable):
             require_durable(self.connection)
         return job
 

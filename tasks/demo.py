@@ -42,7 +42,7 @@ JOBS_PER_PRIORITY = 3
 STATES = ("queued", "started", "finished", "failed")
 PRIORITIES = range(MIN_PRIORITY, MAX_PRIORITY + 1)
 #: The queue the demo drains events from (by a ``tasks.logging.drain_events`` job).
-EVENTS_QUEUE = "events"
+EVENTS_QUEUE = events.QUEUE
 #: The use cases' queues, in the order workers serve them (before the demo's own queue).
 USE_CASE_QUEUES = (payments.QUEUE, emails.QUEUE, EVENTS_QUEUE)
 #: The demo's customers and what each pays.

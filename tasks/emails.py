@@ -7,8 +7,10 @@ job's ``Retry``; everything else (a malformed address, a 5xx reply, bad configur
 job at once, with the reason (for a 5xx, the server's reply) in ``exc_info``. After the last retry
 the job is FAILED with the last reason: never dropped silently.
 
-:func:`enqueue_email` validates first (nothing is written for bad input), then enqueues on the
-``emails`` queue at priority 3 with a jittered exponential ``Retry`` (:func:`retry_policy`).
+:func:`send_email` declares its jobs' defaults with ``rqplus.task``: the ``emails`` queue,
+priority 3 and a jittered exponential ``Retry`` drawn per job (:func:`retry_policy`), so any
+enqueue of it gets them (``Queue("emails").enqueue(send_email, ...)``, ``send_email.delay(...)``).
+:func:`enqueue_email` validates first (nothing is written for bad input), then enqueues it.
 Configuration is read from the environment at call time (:class:`SmtpSettings`,
 :class:`RetrySettings`, through :mod:`tasks.settings`).
 
@@ -37,12 +39,12 @@ from rq.exceptions import DuplicateJobError
 from rq.timeouts import JobTimeoutException
 from rq.job import Job
 
-from rqplus import Queue
+from rqplus import Queue, task
 from rqplus.connections import shared
 from rqplus.retry import stop_retries
 from tasks.settings import Variables, flag, from_env, number, tcp_port, text, whole
 
-#: The queue :func:`enqueue_email` uses by default.
+#: The queue email jobs go to by default (``send_email.delay``, :func:`enqueue_email`).
 QUEUE = "emails"
 #: Transactional mail goes ahead of default-priority (5) work, behind the most urgent (0-2).
 DEFAULT_EMAIL_PRIORITY = 3
@@ -199,11 +201,12 @@ def retry_policy() -> Retry | None:
 
 def enqueue_email(recipient: str, subject: str, body: str, *, priority: int | None = None,
                   connection: Redis | None = None, queue: str = QUEUE, job_id: str | None = None) -> Job:
-    """Validate, then enqueue :func:`send_email` on ``queue`` with :func:`retry_policy`.
+    """Validate, then enqueue :func:`send_email` on ``queue`` with its declared defaults (a
+    :func:`retry_policy` retry, priority ``DEFAULT_EMAIL_PRIORITY``, 3, unless ``priority`` is given).
 
-    ``priority`` defaults to ``DEFAULT_EMAIL_PRIORITY`` (3); ``connection`` to
-    ``rqplus.connections.shared()`` (``REDIS_URL``). A malformed address or subject raises
-    ``InvalidEmailError`` (a ``ValueError``), a non-str ``TypeError``, before anything is written.
+    ``connection`` defaults to ``rqplus.connections.shared()`` (``REDIS_URL``). A malformed
+    address or subject raises ``InvalidEmailError`` (a ``ValueError``), a non-str ``TypeError``,
+    before anything is written.
     With ``job_id``, enqueueing is idempotent: while a job of that id exists, it is returned and
     nothing new is enqueued (for messages a re-run job must not send twice, e.g. receipts).
     Workers need ``--with-scheduler`` for the retry intervals to fall due.
@@ -213,11 +216,8 @@ def enqueue_email(recipient: str, subject: str, body: str, *, priority: int | No
     _checked(recipient, subject, body)
     emails = Queue(queue, connection=connection or shared())
     try:
-        return emails.enqueue(
-            send_email, recipient, subject, body,
-            priority=DEFAULT_EMAIL_PRIORITY if priority is None else priority,
-            retry=retry_policy(), job_id=job_id, unique=job_id is not None,
-        )
+        return emails.enqueue(send_email, recipient, subject, body, priority=priority, job_id=job_id,
+                              unique=job_id is not None)
     except DuplicateJobError:
         existing = emails.fetch_job(job_id)
         if existing is None:  # it expired between the check and this fetch: enqueue it after all
@@ -278,9 +278,12 @@ def _classified(error: smtplib.SMTPException | OSError, settings: SmtpSettings) 
     return PermanentEmailError(f"{server} refused the message: {code} {text}")
 
 
+@task(queue=QUEUE, priority=DEFAULT_EMAIL_PRIORITY, retry=retry_policy)
 def send_email(recipient: str, subject: str, body: str) -> str:
     """The email job: send ``body`` to ``recipient`` through ``SMTP_HOST``; returns the Message-ID.
 
+    Its jobs go to the ``emails`` queue (``send_email.delay``) at priority 3 with a
+    :func:`retry_policy` retry, however they are enqueued, unless the caller gives its own.
     Raises ``TransientEmailError`` for what a retry may fix (RQ retries it per the job's
     ``Retry``). Any other error (``InvalidEmailError``, ``PermanentEmailError`` with the server's
     5xx reply, a bad ``SMTP_*`` setting) also tells RQ not to retry this job: it fails at once.

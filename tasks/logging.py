@@ -11,9 +11,9 @@ lease ``LEASE_KEY`` (renewed with each batch, so a dead consumer's lease lapses 
 ``lease_seconds``); the trim checks the lease in the same script, so a consumer that lost its
 lease can cause duplicates, never a loss.
 
-Two ways to consume: :func:`drain_events`, an rqplus job (``Queue("events").enqueue(
-"tasks.logging.drain_events")``, say every minute from a scheduler), or :func:`run_consumer`,
-a blocking loop (``python -m tasks.logging``) that sleeps in ``BLMOVE`` until events arrive.
+Two ways to consume: :func:`drain_events`, an rqplus job (``drain_events.delay()`` on the
+``events`` queue, say every minute from a scheduler), or :func:`run_consumer`, a blocking loop
+(``python -m tasks.logging``) that sleeps in ``BLMOVE`` until events arrive.
 
 This module is ``tasks.logging``: imports are absolute, so ``import logging`` here and everywhere
 is the standard library's. Run it with ``-m``, never as ``python tasks/logging.py`` (which would
@@ -50,9 +50,12 @@ from redis import Redis  # noqa: E402
 from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError  # noqa: E402
 from rq import get_current_job  # noqa: E402
 
+from rqplus import task  # noqa: E402
 from rqplus.connections import connect, redact, redis_url, shared  # noqa: E402
 from rqplus.defaults import DEFAULT_DATA_DIR  # noqa: E402
 
+#: The queue drain jobs go to (``drain_events.delay()``).
+QUEUE = "events"
 #: The Redis list producers push event records onto (JSON objects, oldest first).
 EVENTS_KEY = "rqplus:events"
 #: Held (with a random token) by the one consumer draining ``EVENTS_KEY`` now.
@@ -283,6 +286,7 @@ def _connection(connection: Redis | None) -> Redis:
     return job.connection if job is not None else shared()
 
 
+@task(queue=QUEUE)
 def drain_events(max_batches: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, *,
                  path: str | os.PathLike | None = None, connection: Redis | None = None,
                  lease_seconds: float = LEASE_SECONDS) -> int:
@@ -292,7 +296,9 @@ def drain_events(max_batches: int | None = None, batch_size: int = DEFAULT_BATCH
     safe to trigger often. ``path`` defaults to :func:`sink_path`; ``connection`` to the running
     job's, else ``REDIS_URL``'s. ``max_batches`` bounds one run (None: until the list is empty).
 
-    Usage: ``Queue("events", connection=redis).enqueue("tasks.logging.drain_events")``
+    ``drain_events.delay()`` enqueues it on the ``events`` queue.
+
+    Usage: ``drain_events.delay()`` or ``Queue("events", connection=redis).enqueue("tasks.logging.drain_events")``
     """
     consumer = Consumer(_connection(connection), sink_path(path), batch_size, lease_seconds)
     if not consumer.acquire():

@@ -6,6 +6,10 @@ the job's own arguments, and every run charges under that key; the gateway repla
 result instead of charging again (see :mod:`tasks.gateways`). The velocity counter and the receipt
 are recorded once per key as well.
 
+:func:`process_payment` declares its jobs' defaults with ``rqplus.task``: the durable
+``payments`` queue (an enqueue refuses a Redis that could lose it) and a ``Retry`` after
+``PAYMENTS_RETRY_INTERVALS`` (:func:`retry_policy`), however it is enqueued.
+
 Jobs carry ids and amounts only, never card data or secrets: job arguments, meta and results are
 shown by ``rq info`` and the dashboard. Everything else comes from the worker's environment
 (:class:`Settings`).
@@ -35,7 +39,7 @@ from rq import Retry, get_current_job
 from rq.job import Job
 from rq.utils import as_text
 
-from rqplus import Queue
+from rqplus import Queue, task
 from rqplus.connections import shared
 from rqplus.retry import stop_retries
 from tasks.emails import enqueue_email, parse_address
@@ -326,11 +330,23 @@ def send_receipt(connection: Redis, charge: Charge, recipient: str) -> str:
     return email.id
 
 
+def retry_policy() -> Retry | None:
+    """The ``Retry`` of one payment job: one retry after each of ``PAYMENTS_RETRY_INTERVALS``
+    (default 10, 60, 300 s); None when that is empty. Read at enqueue time.
+
+    Usage: ``retry_policy()  # -> Retry(max=3, interval=[10, 60, 300])``
+    """
+    intervals = Settings.from_env().retry_intervals
+    return Retry(max=len(intervals), interval=list(intervals)) if intervals else None
+
+
+@task(queue=QUEUE, durable=True, retry=retry_policy)
 def process_payment(user_id: str, amount: str | Decimal | float, currency: str = "USD", *,
                     idempotency_key: str | None = None, notify_email: str | None = None) -> dict[str, str | None]:
     """The payment job: validate, check fraud, charge once per idempotency key, book it, send the receipt.
 
-    Enqueue it with :func:`enqueue_payment`. Enqueued directly (the seed's
+    Its jobs go to a durable Redis only, with a :func:`retry_policy` retry, however they are
+    enqueued. Enqueue it with :func:`enqueue_payment`. Enqueued directly (the seed's
     ``queue.enqueue(process_payment, 'user_123', 49.99)``), the job id is the idempotency key.
     Bad input, a fraud refusal and a declined charge fail the job without a retry.
 
@@ -391,13 +407,10 @@ def enqueue_payment(user_id: str, amount: str | Decimal | float, currency: str =
     settings = Settings.from_env()
     payment = validate_payment(user_id, amount, currency, idempotency_key or str(uuid.uuid4()), settings,
                                notify_email)
-    queue = Queue(QUEUE, connection=connection or shared(), durable=True)
     receipt = {"notify_email": payment.notify_email} if payment.notify_email else {}
-    intervals = settings.retry_intervals
-    return queue.enqueue_call(
+    return Queue(QUEUE, connection=connection or shared()).enqueue_call(
         process_payment,
         args=(payment.user_id, str(payment.amount), payment.currency),
         kwargs={"idempotency_key": payment.idempotency_key, **receipt},
-        retry=Retry(max=len(intervals), interval=list(intervals)) if intervals else None,
         priority=priority,
     )

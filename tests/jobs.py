@@ -10,7 +10,9 @@ import os  # a module global, as real task modules have: forged names walk throu
 import time
 from os import getpid as reexported  # noqa: F401 -- defined in posix: a job naming tests.jobs.reexported is refused
 
-from rq import get_current_job
+from rq import Retry, get_current_job
+
+from rqplus import task
 
 from rqplus.priority import LEVELS, backlog_key, window_key
 
@@ -71,6 +73,15 @@ def fail_final(tag: str) -> None:
     record(tag)
     stop_retries()
     raise ValueError(f"job {tag} cannot succeed")
+
+
+@task(queue="tasked", priority=2, retry=Retry(max=3, interval=[1, 2, 3]), job_timeout=42, result_ttl=77,
+      failure_ttl=88, ttl=99)
+def tasked(tag: str) -> str:
+    """Return ``tag``, or with ``"fail"`` fail for good (``fail_final``); declares task defaults."""
+    if tag == "fail":
+        fail_final(tag)
+    return tag
 
 
 class Recorder:

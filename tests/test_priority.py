@@ -35,7 +35,9 @@ def test_with_priority_copies_and_prefers_the_explicit_value():
     meta = {"user": 7, "priority": 2}
     assert with_priority(meta, 0) == {"user": 7, "priority": 0}
     assert with_priority(meta, None) == {"user": 7, "priority": 2}
-    assert with_priority(None, None) == {"priority": 5}
+    assert with_priority(None, None) == {}  # none yet: create_job gives the task's, else 5
+    assert with_priority(None, None, 3) == {"priority": 3}
+    assert with_priority({"priority": 1}, None, 3) == {"priority": 1}
     assert meta == {"user": 7, "priority": 2}
 
 
