@@ -108,6 +108,7 @@ class Queue(RQQueue):
         self.durable = durable
         self._pushing: dict[str, int] = {}  # job id -> priority, for push_job_id (RQ passes it the id only)
         self._bulk: dict[int, list[tuple[str, int, bool, bool]]] = {}  # id(pipeline) -> pushes, see enqueue_many
+        self._checked_name: str | None = None  # see create_job
 
     @property
     def wake_key(self) -> str:
@@ -317,7 +318,9 @@ class Queue(RQQueue):
     # Options the caller left None come from the function's @task defaults (rqplus.task), if any.
     @rq_signature(RQQueue.create_job)
     def create_job(self, **arguments: Any) -> Job:
-        check_queue_name(self.name)
+        if self.name != self._checked_name:  # once per name, not per job of a bulk enqueue
+            check_queue_name(self.name)
+            self._checked_name = self.name
         check_job_function(arguments["func"])
         declared = task_defaults(arguments["func"])
         if declared is not None:
@@ -330,12 +333,13 @@ class Queue(RQQueue):
         return job
 
     def _check_payload(self, job: Job) -> None:
-        if "<lambda>" in job.func_name or "<locals>" in job.func_name:
-            raise ValueError(f"{job.func_name} cannot be imported by a worker: enqueue a module-level function")
+        name = job.func_name
+        if "<lambda>" in name or "<locals>" in name:
+            raise ValueError(f"{name} cannot be imported by a worker: enqueue a module-level function")
         try:
             size = len(job.data)  # serializes now; the bytes are reused when the job is saved
         except Exception as error:
-            raise TypeError(f"the arguments of {job.func_name} cannot be serialized with "
+            raise TypeError(f"the arguments of {name} cannot be serialized with "
                             f"{getattr(self.serializer, '__name__', self.serializer)}: {error}") from error
         limit = int(os.environ.get("RQPLUS_MAX_PAYLOAD_BYTES", MAX_PAYLOAD_BYTES))
         if size > limit:
