@@ -9,13 +9,13 @@ and on the command line: ``rq worker -w rqplus.Worker --queue-class rqplus.Queue
 """
 
 from rqplus.defaults import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
-from rqplus.exceptions import DurabilityError, ForbiddenJobError, UnsafePickleError, WorkLoopError
+from rqplus.exceptions import DurabilityError, ForbiddenJobError, UnknownQueueError, UnsafePickleError, WorkLoopError
 from rqplus.priority import priority_of
 from rqplus.queue import Queue
 from rqplus.worker import Worker
 
 __all__ = [
     "DEFAULT_PRIORITY", "MAX_PRIORITY", "MIN_PRIORITY", "DurabilityError", "ForbiddenJobError", "Queue",
-    "UnsafePickleError", "Worker", "WorkLoopError", "priority_of",
+    "UnknownQueueError", "UnsafePickleError", "Worker", "WorkLoopError", "priority_of",
 ]
 __version__ = "0.1.0"

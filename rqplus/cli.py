@@ -24,6 +24,7 @@ from redis.exceptions import AuthenticationError, ConnectionError, RedisError, R
 from rqplus import __version__, durability, requeue, stack
 from rqplus.connections import REDIS_URL_ENV, connect, explain, one_attempt, redact, redis_url, url_is_configured
 from rqplus.defaults import DASHBOARD_HOST, DASHBOARD_PORT, DASHBOARD_PREFIX
+from rqplus.exceptions import UnknownQueueError
 
 #: Seconds ``rqplus check`` waits to connect and for each answer (one attempt, no retries), and
 #: ``rqplus requeue`` to connect.
@@ -153,7 +154,7 @@ def requeue_command(queue: str | None, function: str | None, exception: str | No
             else:
                 try:
                     started = [requeue.start(client, queue, requeue.Filters(queue, function, exception))]
-                except requeue.UnknownQueueError as error:
+                except UnknownQueueError as error:
                     _failed("requeue", f"{error} at {where}")
                 requeue.claim(client, started[0].id, owner)
             for run in started:

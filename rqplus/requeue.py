@@ -9,8 +9,8 @@ status, times), so any process sees its progress. The process driving it holds
 is still ``running`` was left by a dead process, and the next dashboard start or
 ``rqplus requeue --resume`` takes it over (:func:`orphaned`, :func:`claim`).
 
-Each batch reads up to ``batch_size`` ids from the failed registry (one ZRANGE), loads what the
-filters need in one pipelined round trip, and hands the matching ids to
+Each batch reads up to ``batch_size`` ids from the failed registry with the job fields the
+filters need (one ``SORT_RO ... GET`` round trip, see :func:`_read`), and hands the matching ids to
 ``rqplus.Queue.requeue_failed_many``, which puts each back at its own priority. A requeued job
 leaves the failed registry, so examining it again is harmless: no job is requeued twice. The
 cursor is the last examined job still in the registry (kept: it did not match, or could not be
@@ -55,6 +55,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
+from rqplus.exceptions import UnknownQueueError
 from rqplus.queue import Queue
 from rqplus.serializers import RestrictedPickleSerializer, SafeSerializer, serializer_for, withheld_in
 
@@ -75,10 +76,6 @@ RUNNING, DONE, FAILED = "running", "done", "failed"
 _SORT_REFUSED: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
 #: An exception's (dotted) type name, as tracebacks print it.
 _TYPE_NAME = re.compile(r"[A-Za-z_][\w.]*")
-
-
-class UnknownQueueError(ValueError):
-    """The queue of a run does not exist: Redis knows no such queue and it has no failed registry."""
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,16 @@ matching job exactly once without rescanning the registry; the CLI's errors.
 from __future__ import annotations
 
 import pickle
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
+import pytest
 from redis import Redis
 from rq.job import JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from rqplus import Queue, priority_of
+from rqplus import Queue, UnknownQueueError, priority_of
 from rqplus import requeue as runs
 from rqplus.embedded import RedisServer, free_port
 from rqplus.requeue import Filters
@@ -112,12 +111,8 @@ def test_jobs_failing_again_during_a_run_are_left_for_the_next_one(redis: Redis)
 
 
 def test_an_unknown_queue_is_refused_and_a_live_run_is_not_taken_over(redis: Redis) -> None:
-    try:
+    with pytest.raises(UnknownQueueError, match="no queue 'nope'"):
         runs.start(redis, "nope")
-    except runs.UnknownQueueError as error:
-        assert "no queue 'nope'" in str(error)
-    else:
-        raise AssertionError("a run started on an unknown queue")
     failed_in_bulk(Queue("q", connection=redis), 2)
     run = runs.start(redis, "q")
     assert runs.claim(redis, run.id, "first") and not runs.claim(redis, run.id, "second")
@@ -180,8 +175,7 @@ def test_resume_after_the_cli_is_killed_requeues_each_matching_job_once(redis: R
     assert rqplus_requeue("--resume", "--url", redis_server.url).stdout == "rqplus requeue: nothing to resume\n"
 
 
-def test_cli_errors_for_an_unknown_queue_and_an_unreachable_redis(redis: Redis, redis_server: RedisServer,
-                                                                  tmp_path: Path) -> None:
+def test_cli_errors_for_an_unknown_queue_and_an_unreachable_redis(redis: Redis, redis_server: RedisServer) -> None:
     result = rqplus_requeue("--queue", "nope", "--url", redis_server.url)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("rqplus requeue: error: no queue 'nope'") and "Traceback" not in result.stderr

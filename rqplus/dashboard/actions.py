@@ -35,6 +35,7 @@ from rqplus import requeue as runs
 from rqplus.dashboard import audit
 from rqplus.dashboard.metrics import all_queues
 from rqplus.dashboard.payloads import DashboardJob
+from rqplus.exceptions import UnknownQueueError
 from rqplus.queue import Queue
 from rqplus.requeue import Filters, exception_type, function_name, result_exc_string, unsafe_meta
 from rqplus.serializers import serializer_for
@@ -147,7 +148,7 @@ def start_requeue(connection: Redis, filters: Filters, actor: Actor) -> runs.Run
     assert filters.queue is not None, "a run requeues one queue's failed jobs"
     try:
         run = runs.start(connection, filters.queue, filters, user=actor.user, ip=actor.ip or "")
-    except runs.UnknownQueueError as error:
+    except UnknownQueueError as error:
         raise ActionError(404, str(error)) from None
     audit.record(connection, actor.user, "requeue-start", f"failed jobs {filters.describe()}", ip=actor.ip,
                  run=run.id, total=run.total)
