@@ -74,6 +74,8 @@ RUNS_KEPT = 100
 RUNNING, DONE, FAILED = "running", "done", "failed"
 #: Clients whose Redis refused ``SORT_RO ... GET`` (see :func:`_read`).
 _SORT_REFUSED: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+#: A run id: the start time in seconds, then 8 hex digits.
+_RUN_ID = re.compile(r"[0-9]+-[0-9a-f]{8}")
 #: An exception's (dotted) type name, as tracebacks print it.
 _TYPE_NAME = re.compile(r"[A-Za-z_][\w.]*")
 
@@ -345,11 +347,12 @@ def _restore(run_id: str, stored: dict[bytes, bytes]) -> Run | None:
 
 
 def runs(connection: Redis, run_ids: Iterable[str] | None = None, limit: int = 20) -> list[Run]:
-    """The runs named (default: the ``limit`` most recent ones, newest first) that still exist.
+    """The runs named (default: the ``limit`` most recent ones, newest first) that still exist;
+    names that are no run id (as :func:`start` makes them) are left out.
 
     Usage: ``[run.summary() for run in runs(redis)]``
     """
-    chosen = list(run_ids) if run_ids is not None else \
+    chosen = [run_id for run_id in run_ids if _RUN_ID.fullmatch(run_id)] if run_ids is not None else \
         [as_text(run_id) for run_id in connection.zrevrange(RUNS_KEY, 0, limit - 1)]
     with connection.pipeline(transaction=False) as pipe:
         for run_id in chosen:

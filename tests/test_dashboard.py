@@ -442,6 +442,8 @@ def test_bulk_requeue_runs_in_the_background_with_a_progress_page(client: FlaskC
     assert 'data-status="done"' in page and '<td class="run-done">3,000</td>' in page
     assert 'http-equiv="refresh"' not in page                             # nothing running: no reload
     assert f'data-run="{run_id}"' in client.get("/requeue").text          # listed among the latest
+    for odd in ("runs", f"{run_id}:owner", "x" * 5000):                   # other keys are never read
+        assert client.get(f"/requeue?run={odd}").status_code == 200
     start, end = (next(e for e in audit.entries(redis) if e["action"] == action)
                   for action in ("requeue-start", "requeue-many"))
     assert (start["user"], start["target"], start["run"], start["total"]) == (USER, "failed jobs queue=q", run_id, 3000)
