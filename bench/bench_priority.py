@@ -222,11 +222,15 @@ def revision() -> str:
         return "?"
 
 
-def command_line(doc: str, quick_seconds: int) -> argparse.Namespace:
-    """The benchmarks' shared options (``--quick``, ``--rounds``), parsed; logging quiet but for warnings."""
+def command_line(doc: str, quick_seconds: int,
+                 options: Callable[[argparse.ArgumentParser], object] | None = None) -> argparse.Namespace:
+    """The benchmarks' shared options (``--quick``, ``--rounds``) and a script's own (added by
+    ``options``), parsed; logging quiet but for warnings."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"smaller sizes, about {quick_seconds} seconds")
     parser.add_argument("--rounds", type=int, help="rounds per measurement (default 5, quick 3)")
+    if options is not None:
+        options(parser)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("rq").setLevel(logging.WARNING)
     return parser.parse_args()

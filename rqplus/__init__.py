@@ -13,7 +13,7 @@ and on the command line: ``rq worker -w rqplus.Worker --queue-class rqplus.Queue
 """
 
 from rqplus.defaults import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
-from rqplus.exceptions import DurabilityError, ForbiddenJobError, UnsafePickleError, WorkLoopError
+from rqplus.exceptions import DurabilityError, ForbiddenJobError, UnknownQueueError, UnsafePickleError, WorkLoopError
 from rqplus.priority import priority_of
 from rqplus.queue import Queue
 from rqplus.task import TaskDefaults, task
@@ -21,6 +21,6 @@ from rqplus.worker import Worker
 
 __all__ = [
     "DEFAULT_PRIORITY", "MAX_PRIORITY", "MIN_PRIORITY", "DurabilityError", "ForbiddenJobError", "Queue",
-    "TaskDefaults", "UnsafePickleError", "Worker", "WorkLoopError", "priority_of", "task",
+    "TaskDefaults", "UnknownQueueError", "UnsafePickleError", "Worker", "WorkLoopError", "priority_of", "task",
 ]
 __version__ = "0.1.0"

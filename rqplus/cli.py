@@ -6,21 +6,28 @@ Usage::
     rqplus up --workers 4 emails     # 4 workers on queue "emails"
     rqplus check                     # is $REDIS_URL durable enough for queues? exit 0 yes, 1 no, 2 unreachable
     rqplus dashboard                 # the secured dashboard on http://127.0.0.1:9181/
+    rqplus requeue --queue emails    # requeue the failed jobs of "emails", each at its priority
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 from urllib.parse import unquote, urlsplit
 
 import click
+from redis import Redis
 from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError, TimeoutError
 
-from rqplus import __version__, durability, stack
+from rqplus import __version__, durability, requeue, stack
 from rqplus.connections import REDIS_URL_ENV, connect, explain, one_attempt, redact, redis_url, url_is_configured
 from rqplus.defaults import DASHBOARD_HOST, DASHBOARD_PORT, DASHBOARD_PREFIX
+from rqplus.exceptions import UnknownQueueError
 
-#: Seconds ``rqplus check`` waits to connect and for each answer (one attempt, no retries).
+#: Seconds ``rqplus check`` waits to connect and for each answer (one attempt, no retries), and
+#: ``rqplus requeue`` to connect.
 CHECK_TIMEOUT = 2.0
 
 
@@ -69,26 +76,13 @@ def check(url: str | None) -> None:
     Prints the verdict, each problem with the redis.conf line that fixes it, each warning, and the
     settings read. Exits 0 when durable, 1 when not, 2 when Redis cannot be reached or read.
     """
-    source = "--url" if url else f"${REDIS_URL_ENV}" if url_is_configured() else "default"
-    try:
-        chosen = redis_url(url)
-    except ValueError as error:  # not a Redis URL; the message is already redacted
-        _check_failed(str(error))
-    where = f"{redact(chosen)} (from {source})"
-    try:
+    chosen, where = _chosen_url("check", url)
+    with _redis_errors("check", where, chosen):
         client = connect(chosen, **one_attempt(CHECK_TIMEOUT))
         try:
             report = durability.check(client, exposure=True)
         finally:
             client.close()
-    except AuthenticationError as error:
-        _check_failed(f"Redis at {where} refused the credentials: {_safe(error, chosen)}")
-    except (ConnectionError, TimeoutError) as error:
-        _check_failed(f"cannot reach Redis at {where}: {_safe(error, chosen)}")
-    except ResponseError as error:  # e.g. INFO forbidden by an ACL
-        _check_failed(f"cannot read the state of Redis at {where}: {_safe(error, chosen)}")
-    except (RedisError, ValueError) as error:  # not a Redis speaking, a port that is not a number...
-        _check_failed(f"cannot use Redis at {where}: {_safe(error, chosen)}")
     click.echo(_render(report, where))
     raise SystemExit(0 if report.ok else 1)
 
@@ -123,6 +117,72 @@ def dashboard(url: str | None, host: str, port: int, prefix: str, no_auth: bool)
     server.run()
 
 
+@main.command("requeue", short_help="Requeue failed jobs, each at its priority, resumably.")
+@click.option("--queue", "-q", metavar="QUEUE", help="The queue whose failed jobs are requeued (with --resume: only its requeues are resumed).")
+@click.option("--function", "-f", metavar="NAME", help="Only jobs of this function (its dotted name, exactly).")
+@click.option("--exception", "-e", metavar="TYPE", help="Only jobs that failed with this exception type (e.g. TimeoutError).")
+@click.option("--url", "-u", metavar="URL", help="Redis to use (default: $REDIS_URL, else redis://127.0.0.1:6379/0).")
+@click.option("--resume", is_flag=True,
+              help="Resume the requeues whose process died (dashboard or CLI), from where each stopped.")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=requeue.BATCH_SIZE, show_default=True,
+              help="Failed jobs examined per round trip.")
+@click.option("--throttle", type=click.FloatRange(0), default=0.0, show_default=True, metavar="SECONDS",
+              help="Pause between batches, to spare a busy Redis.")
+def requeue_command(queue: str | None, function: str | None, exception: str | None, url: str | None, resume: bool,
+                    batch_size: int, throttle: float) -> None:
+    """Requeue the failed jobs of QUEUE (those of --function, failed with --exception, when given),
+    each at its own priority, in batches, with a progress bar.
+
+    The run's progress lives in Redis: the dashboard's Bulk requeues page shows it, and if this
+    process dies, `rqplus requeue --resume` (or the next dashboard start) finishes it without
+    requeueing any job twice. Exits 0 with a summary line, 2 when Redis cannot be reached or the
+    queue is unknown.
+    """
+    if not resume and not queue:
+        raise click.UsageError("name the queue: --queue QUEUE (or --resume to finish interrupted requeues)")
+    if resume and (function or exception):
+        raise click.UsageError("--resume continues requeues with the filters they were started with")
+    chosen, where = _chosen_url("requeue", url)
+    owner = requeue.new_owner()
+    with _redis_errors("requeue", where, chosen):
+        client = connect(chosen, socket_connect_timeout=CHECK_TIMEOUT)
+        try:
+            if resume:
+                started = [run for run in requeue.orphaned(client, queue) if requeue.claim(client, run.id, owner)]
+                if not started:
+                    click.echo("rqplus requeue: nothing to resume")
+            else:
+                try:
+                    started = [requeue.start(client, queue, requeue.Filters(queue, function, exception))]
+                except UnknownQueueError as error:
+                    _failed("requeue", f"{error} at {where}")
+                requeue.claim(client, started[0].id, owner)
+            for run in started:
+                _drive_with_progress(client, run, owner, batch_size, throttle)
+        finally:
+            client.close()
+
+
+def _drive_with_progress(client: Redis, run: requeue.Run, owner: str, batch_size: int, throttle: float) -> None:
+    """Drive ``run`` with a progress bar over its registry; prints its summary line."""
+    began = time.monotonic()
+    label = f"{run.queue} {run.criteria}"
+    with click.progressbar(length=max(run.total, 1), label=label, file=click.get_text_stream("stderr")) as bar:
+        shown = run.examined
+        bar.update(shown)
+
+        def advance(now: requeue.Run) -> None:
+            nonlocal shown
+            bar.update(now.examined - shown)
+            shown = now.examined
+
+        ended = requeue.drive(client, run.id, owner, batch_size=batch_size, throttle=throttle, on_batch=advance)
+    if ended is None or ended.running:
+        _failed("requeue", f"run {run.id} was taken over by another process or deleted")
+    seconds = time.monotonic() - began
+    click.echo(f"{ended.summary()} (run {run.id}, {ended.done / seconds if seconds else 0:,.0f} jobs/s)")
+
+
 def _render(report: durability.DurabilityReport, where: str) -> str:
     """The report for a terminal: verdict first, then problems (with fixes), warnings, raw facts."""
     lines = [f"durable: {'yes' if report.ok else 'NO'} - {where}"]
@@ -143,8 +203,33 @@ def _safe(error: Exception, url: str) -> str:
     return text
 
 
-def _check_failed(message: str) -> NoReturn:
-    click.echo(f"rqplus check: error: {message}", err=True)
+def _chosen_url(command: str, url: str | None) -> tuple[str, str]:
+    """The Redis URL a command uses, and how to name it in messages (redacted, with its source)."""
+    source = "--url" if url else f"${REDIS_URL_ENV}" if url_is_configured() else "default"
+    try:
+        chosen = redis_url(url)
+    except ValueError as error:  # not a Redis URL; the message is already redacted
+        _failed(command, str(error))
+    return chosen, f"{redact(chosen)} (from {source})"
+
+
+@contextmanager
+def _redis_errors(command: str, where: str, url: str) -> Iterator[None]:
+    """Redis errors in the block become one clear line on stderr and exit code 2."""
+    try:
+        yield
+    except AuthenticationError as error:
+        _failed(command, f"Redis at {where} refused the credentials: {_safe(error, url)}")
+    except (ConnectionError, TimeoutError) as error:
+        _failed(command, f"cannot reach Redis at {where}: {_safe(error, url)}")
+    except ResponseError as error:  # e.g. INFO forbidden by an ACL
+        _failed(command, f"cannot read the state of Redis at {where}: {_safe(error, url)}")
+    except (RedisError, ValueError) as error:  # not a Redis speaking, a port that is not a number...
+        _failed(command, f"cannot use Redis at {where}: {_safe(error, url)}")
+
+
+def _failed(command: str, message: str) -> NoReturn:
+    click.echo(f"rqplus {command}: error: {message}", err=True)
     raise SystemExit(2)
 
 

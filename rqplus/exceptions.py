@@ -38,3 +38,10 @@ class WorkLoopError(RuntimeError):
     Raised by ``Worker.work`` after RQ's teardown, so ``rq worker`` exits 1: a worker that quits for
     any reason but a requested stop (or a finished burst) exits non-zero.
     """
+
+
+class UnknownQueueError(ValueError):
+    """A bulk requeue named a queue Redis does not know (not in RQ's set of queues, no failed jobs).
+
+    Raised by :func:`rqplus.requeue.start`; the dashboard answers 404, ``rqplus requeue`` exits 2.
+    """

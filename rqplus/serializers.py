@@ -10,6 +10,11 @@ function named in a pickle is refused before it is imported or called: the job f
 :class:`rqplus.exceptions.UnsafePickleError`. It writes pickles exactly as RQ does, so producers
 keep RQ's default serializer and existing jobs keep working.
 
+Readers that must look at any job without failing on it (the dashboard, the bulk requeue's
+checks) use :class:`SafeSerializer` instead: it reads JSON and pickles alike, and turns every
+class or function a pickle names outside :data:`SAFE_GLOBALS` into a :class:`Withheld`
+placeholder, never importing it.
+
 Usage::
 
     rqplus.Worker(["emails"], connection=redis)   # uses it instead of RQ's pickle, automatically
@@ -20,11 +25,12 @@ from __future__ import annotations
 
 import _compat_pickle
 import io
+import json
 import os
 import pickle
 from typing import Any
 
-from rq.serializers import DefaultSerializer, resolve_serializer
+from rq.serializers import DefaultSerializer, JSONSerializer, resolve_serializer
 
 from rqplus.allowlist import allowed_modules, in_allowed_module, resolve_class
 from rqplus.exceptions import ForbiddenJobError, UnsafePickleError
@@ -130,3 +136,127 @@ def worker_serializer(serializer: Any = None) -> Any:
     if chosen is DefaultSerializer or chosen is pickle:
         return SafePickleSerializer
     return chosen
+
+
+# --- reading without building anything foreign: the dashboard and the bulk requeue -----------
+
+class _WithheldType(type):
+    def __repr__(cls) -> str:
+        return f"<not loaded: {cls.origin}>"
+
+
+class Withheld(metaclass=_WithheldType):
+    """Stands in for an object of a class (or a function) the dashboard refuses to import.
+
+    Whatever the pickle passes to it (constructor arguments, state) is dropped unseen, so nothing
+    of it, secrets included, can be shown either.
+    """
+
+    origin = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Withheld:
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def append(self, *dropped: Any) -> None:
+        """Drops what an unpickled list or dict subclass (``defaultdict``, ``Counter``) fills itself with.
+
+        Usage: ``withheld.append(1)  # nothing kept``
+        """
+
+    extend = __setitem__ = append
+
+    def __repr__(self) -> str:
+        return f"<not loaded: {self.origin}>"
+
+
+class _PlaceholderUnpickler(RestrictedUnpickler):
+    # Plain-data constructors pass; anything else gets a placeholder class named after it, so a
+    # page (or a bulk requeue's check) still sees the rest of the payload.
+    def refused(self, module: str, name: str) -> Any:
+        return _WithheldType(name, (Withheld,), {"origin": f"{module}.{name}"})
+
+
+class RestrictedPickleSerializer:
+    """Writes pickles as RQ's default serializer does; reads them without importing anything.
+
+    Usage: ``rqplus.Queue(name, connection=redis, serializer=RestrictedPickleSerializer)``
+    """
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        """``obj`` pickled at the highest protocol, as RQ's ``DefaultSerializer`` writes it.
+
+        Usage: ``RestrictedPickleSerializer.dumps({"a": 1})``
+        """
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        """The plain data in a pickle; classes and functions it names become :class:`Withheld`.
+
+        Usage: ``RestrictedPickleSerializer.loads(job_hash[b"meta"])``
+        """
+        return _PlaceholderUnpickler(io.BytesIO(data)).load()
+
+
+def _is_json(data: bytes) -> bool:
+    # pickle protocol 2+ opens with PROTO (0x80); RQ writes HIGHEST_PROTOCOL. Older protocols are
+    # read by the restricted unpickler too, which is safe for any input.
+    if data[:1] == b"\x80":
+        return False
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True
+
+
+def serializer_for(data: bytes) -> type:
+    """The serializer that wrote ``data`` (JSON, else pickle), in its safe-to-read form.
+
+    Usage: ``rqplus.Queue(job.origin, connection=redis, serializer=serializer_for(job.data))``
+    """
+    return JSONSerializer if _is_json(data) else RestrictedPickleSerializer
+
+
+class SafeSerializer:
+    """Reads JSON and pickle payloads alike, safely; the dashboard's read-only serializer.
+
+    Writing goes through :func:`serializer_for`, so a job is saved back in its own format.
+    """
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        """Always raises ``TypeError``: this serializer only reads.
+
+        Usage: save with ``serializer_for(job.data).dumps(value)`` instead
+        """
+        raise TypeError("SafeSerializer only reads: save jobs with serializer_for(job.data)")
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        """JSON or pickle ``data`` loaded safely (see :func:`serializer_for`).
+
+        Usage: ``SafeSerializer.loads(b'{"a": 1}') == {"a": 1}``
+        """
+        return serializer_for(data).loads(data)
+
+
+def withheld_in(value: Any) -> list[str]:
+    """The origins of every :class:`Withheld` inside ``value`` (empty when it is plain data).
+
+    Usage: ``withheld_in(job.meta) == []``
+    """
+    if isinstance(value, Withheld) or (isinstance(value, type) and issubclass(value, Withheld)):
+        return [value.origin]
+    if isinstance(value, dict):
+        return [origin for item in value.items() for origin in withheld_in(item)]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [origin for item in value for origin in withheld_in(item)]
+    return []

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,11 @@ from urllib.parse import quote
 
 import pytest
 from redis import Redis
+from rq.job import Job, JobStatus
 
+from rqplus import Queue
 from rqplus.embedded import DURABLE_CONFIG, RedisServer, free_port
+from rqplus.priority import window_counts_key
 from rqplus.stack import kill_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,6 +169,25 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: f
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s: {getattr(predicate, '__name__', predicate)}")
+
+
+def failed_in_bulk(queue: Queue, count: int, function: str = "tests.jobs.record",
+                   exception: str = "ValueError", first: int = 0) -> list[Job]:
+    """``count`` failed jobs of ``function`` (priorities cycling 9..0), failed with ``exception``
+    as recorded in the job hash (as rqplus' quarantine and older RQ record it): written in
+    pipelines, for the thousands a resume test needs."""
+    jobs = queue.enqueue_many([Queue.prepare_data(function, (str(first + n),), priority=9 - (first + n) % 10)
+                               for n in range(count)])
+    connection = queue.connection
+    registry = queue.failed_job_registry
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.delete(queue.key, queue.window_key, window_counts_key(queue.name), *queue.backlog_keys)  # the ids only
+        for job in jobs:
+            pipe.hset(job.key, mapping={"status": JobStatus.FAILED.value,
+                                        "exc_info": zlib.compress(f"Traceback ...\n{exception}: no".encode())})
+            pipe.zadd(registry.key, {job.id: 9_999_999_999})
+        pipe.execute()
+    return jobs
 
 
 ACL_FILE = ROOT / "deploy" / "users.acl"

@@ -23,6 +23,7 @@ from rq import Retry
 from rq.job import Job
 
 from rqplus import Queue, scripts
+from rqplus import requeue as runs
 from rqplus.dashboard import Credentials, create_app
 from rqplus.embedded import RedisServer, RedisServerError
 from tasks.emails import enqueue_email
@@ -95,6 +96,9 @@ def browse_dashboard(url: str, failed_job: str, other_job: str) -> None:
                    "/rq/queue/default/compact", "/rq/queue/default/finished/empty"):
         answer = client.post(action, headers=headers)
         assert answer.status_code == 200, (action, answer.status_code, answer.text[:300])
+    connection = app.extensions["rqplus.dashboard"].connection   # the bulk requeue's thread ends as done
+    assert wait_for(lambda: all(run.status == "done" for run in runs.runs(connection)) and runs.runs(connection))
+    assert client.get("/requeue").status_code == 200
     assert client.post("/logout", headers=headers).status_code == 302
 
 

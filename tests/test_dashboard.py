@@ -32,9 +32,11 @@ from rq_scheduler import Scheduler
 from rqplus import Queue, priority_of
 from rqplus.cli import main
 from rqplus.dashboard import Credentials, DashboardConfigError, Server, audit, create_app, metrics, security
-from rqplus.dashboard.payloads import DashboardJob, Masker, SafeSerializer, Withheld, shown, withheld_in
+from rqplus.dashboard.payloads import DashboardJob, Masker, shown
+from rqplus.serializers import SafeSerializer, Withheld, withheld_in
 from rqplus.embedded import RedisServer
-from tests.conftest import wait_for
+from rqplus import requeue as runs
+from tests.conftest import failed_in_bulk, wait_for
 from tests.jobs import ran
 
 USER, PASSWORD = "admin", "correct horse battery staple"
@@ -79,6 +81,11 @@ def count_calls(monkeypatch, owner: object, name: str):
 def post(client: FlaskClient, path: str, **kwargs):
     headers = {"X-CSRFToken": client.token, "Origin": "http://localhost", **kwargs.pop("headers", {})}
     return client.post(path, headers=headers, **kwargs)
+
+
+def finished(redis: Redis, run_id: str) -> runs.Run:
+    """The bulk requeue ``run_id`` once its background thread ended it."""
+    return wait_for(lambda: (run := runs.load(redis, run_id)) and not run.running and run)
 
 
 def fail(job: Job, exc_string: str = "Traceback ...\nValueError: bad input") -> None:
@@ -300,7 +307,9 @@ def test_requeue_all_refuses_get(client: FlaskClient, redis: Redis) -> None:
     assert answer.status_code == 405 and answer.headers["Allow"] == "POST"
     assert queue.count == 1
     answer = post(client, "/rq/requeue/q")
-    assert answer.json == {"status": "OK", "count": 2}
+    assert answer.json["status"] == "OK" and answer.json["total"] == 2
+    assert answer.json["progress"] == f"/requeue?run={answer.json['run']}"
+    assert finished(redis, answer.json["run"]).done == 2
     assert queue.get_job_ids() == [jobs[1].id, waiting.id, jobs[0].id]   # each at its priority
 
 
@@ -343,7 +352,8 @@ def test_requeue_refuses_meta_it_could_not_load_and_leaves_it_as_it_was(client: 
     assert answer.status_code == 409 and "pathlib.PurePosixPath" in answer.json["message"]
     answer = post(client, f"/rq/job/{unreadable.id}/requeue")
     assert answer.status_code == 409 and "meta that cannot be read" in answer.json["message"]
-    assert post(client, "/rq/requeue/q").json == {"status": "OK", "count": 0}
+    run = finished(redis, post(client, "/rq/requeue/q").json["run"])
+    assert (run.done, run.skipped) == (0, 2)
     assert {job.id: redis.hget(job.key, "meta") for job in (loaded_in_part, unreadable)} == before
     assert queue.count == 0 and FailedJobRegistry("q", connection=redis).count == 2
 
@@ -393,12 +403,15 @@ def test_bulk_requeue_by_function_and_exception_with_count_first(client: FlaskCl
     stale = post(client, "/failed/requeue", data={**form, **shown, "selection": "0" * 64})
     assert stale.status_code == 409 and queue.count == 0
     restores = count_calls(monkeypatch, Job, "restore")
-    assert post(client, "/failed/requeue", data={**form, **shown}).status_code == 302
+    answer = post(client, "/failed/requeue", data={**form, **shown})
+    assert answer.status_code == 302 and answer.location.startswith("/requeue?run=")
+    run = finished(redis, answer.location.split("=")[1])
     # each listed once (pipelined; `other` too, to be filtered out), then loaded once more by RQ's requeue
     assert restores() <= 2 * len(records) + 1
     assert queue.get_job_ids() == [job.id for job in records]
     assert FailedJobRegistry("q", connection=redis).get_job_ids() == [other.id]
-    assert audit.entries(redis)[0]["count"] == 3
+    wait_for(lambda: audit.entries(redis)[0]["action"] == "requeue-many")
+    assert audit.entries(redis)[0]["count"] == run.done == 3
 
 
 def test_bulk_requeue_refuses_another_selection_of_the_same_size(client: FlaskClient, redis: Redis) -> None:
@@ -413,6 +426,46 @@ def test_bulk_requeue_refuses_another_selection_of_the_same_size(client: FlaskCl
     refused = post(client, "/failed/requeue", data={"queue": "q", **shown})
     assert refused.status_code == 409 and "selection changed" in refused.json["message"]
     assert queue.count == 0 and FailedJobRegistry("q", connection=redis).count == 2
+
+
+
+def test_bulk_requeue_runs_in_the_background_with_a_progress_page(client: FlaskClient, redis: Redis) -> None:
+    queue = Queue("q", connection=redis)
+    failed_in_bulk(queue, 3000)
+    answer = post(client, "/rq/requeue/q", headers={"Accept": "text/html"})
+    assert answer.status_code == 302 and answer.location.startswith("/requeue?run=")
+    run_id = answer.location.split("=")[1]
+    page = client.get(answer.location).text
+    assert f'data-run="{run_id}"' in page and "3,000 examined" in page
+    run = finished(redis, run_id)
+    assert (run.status, run.done, run.total) == ("done", 3000, 3000) and queue.count == 3000
+    page = client.get(answer.location).text
+    assert 'data-status="done"' in page and '<td class="run-done">3,000</td>' in page
+    assert 'http-equiv="refresh"' not in page                             # nothing running: no reload
+    assert f'data-run="{run_id}"' in client.get("/requeue").text          # listed among the latest
+    for odd in ("runs", f"{run_id}:owner", "x" * 5000):                   # other keys are never read
+        assert client.get(f"/requeue?run={odd}").status_code == 200
+    start, end = (next(e for e in audit.entries(redis) if e["action"] == action)
+                  for action in ("requeue-start", "requeue-many"))
+    assert (start["user"], start["target"], start["run"], start["total"]) == (USER, "failed jobs queue=q", run_id, 3000)
+    assert (end["user"], end["count"], end["skipped"]) == (USER, 3000, 0)
+
+
+def test_bulk_requeue_needs_the_token_and_a_user(app, client: FlaskClient, redis: Redis) -> None:
+    failed_in_bulk(Queue("q", connection=redis), 3)
+    for path in ("/rq/requeue/q", "/failed/requeue"):
+        assert client.post(path, data={"queue": "q"}, headers={"Origin": "http://localhost"}).status_code == 403
+        assert app.test_client().post(path, data={"queue": "q"}).status_code == 401
+    assert post(client, "/rq/requeue/nope").status_code == 404
+    assert runs.runs(redis) == [] and FailedJobRegistry("q", connection=redis).count == 3
+
+
+def test_a_dashboard_start_resumes_a_requeue_whose_process_died(redis: Redis, redis_server: RedisServer) -> None:
+    queue = Queue("q", connection=redis)
+    failed_in_bulk(queue, 50)
+    run = runs.start(redis, "q", user="admin")                   # started by a dashboard that died at once
+    create_app(redis_server.url, credentials=Credentials(USER, PASSWORD), secret_key="test")
+    assert finished(redis, run.id).done == 50 and queue.count == 50
 
 
 # --- forged payloads and secrets ---------------------------------------------------------------

@@ -25,7 +25,7 @@ from rq_scheduler import Scheduler
 from rqplus import Queue
 from rqplus.dashboard import create_app, metrics
 from rqplus.embedded import RedisServer
-from tests.conftest import ROOT, Processes, wait_for
+from tests.conftest import ROOT, Processes, failed_in_bulk, wait_for
 from tests.test_dashboard import anonymous_answers, every_route
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -220,3 +220,31 @@ def test_main_pages_render_and_are_not_blank(page, redis: Redis, redis_server: R
             SCREENSHOT.write_bytes(page.screenshot(full_page=True))
         distinct, ink = colours(page, shot)
         assert distinct > 50 and ink > 0.03, f"{path} looks blank: {distinct} colours, {ink:.1%} non-white"
+
+
+def test_bulk_requeue_button_shows_progress_until_done(page, redis: Redis) -> None:
+    queue = Queue("q", connection=redis)
+    jobs = failed_in_bulk(queue, 2000)
+    log_in(page, "/failed?queue=q")
+    page.wait_for_selector("#match-count")
+    with page.expect_navigation(url=re.compile(r"/requeue\?run=")):
+        page.click("#bulk-requeue-btn")
+    row = page.locator("#requeue-runs tr[data-run]")
+    assert row.count() == 1 and "q" in row.inner_text()
+    # the page reloads itself (meta refresh) until the run is done
+    page.wait_for_selector("#requeue-runs tr[data-status=done]", timeout=60_000)
+    assert page.inner_text("#requeue-runs tr[data-run] .run-done") == "2,000"
+    assert sorted(queue.get_job_ids()) == sorted(job.id for job in jobs)
+    assert page.dialogs == []
+
+
+def test_rq_dashboards_requeue_all_goes_to_the_progress_page(page, redis: Redis) -> None:
+    queue = Queue("q", connection=redis)
+    failed_in_bulk(queue, 30)
+    log_in(page, "/rq/0/view/jobs/q/failed/8/asc/1")
+    page.wait_for_selector("#jobs tr[data-job-id]")
+    page.click("#requeue-all-btn")
+    with page.expect_navigation(url=re.compile(r"/requeue\?run=")):
+        page.click("#confirmation-modal-yes")
+    page.wait_for_selector("#requeue-runs tr[data-status=done]", timeout=30_000)
+    assert queue.count == 30 and page.dialogs == []

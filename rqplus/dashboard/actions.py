@@ -1,6 +1,7 @@
 """What the dashboard's buttons do: requeue (at the job's priority), delete, empty, compact, bulk
-requeue. Each is recorded in the audit log, and refuses cleanly (:class:`ActionError` with an HTTP
-status and a message) instead of failing half-way.
+requeue (a background run of :mod:`rqplus.requeue`, driven by a thread of the dashboard). Each is
+recorded in the audit log, and refuses cleanly (:class:`ActionError` with an HTTP status and a
+message) instead of failing half-way.
 
 Usage::
 
@@ -11,10 +12,12 @@ Usage::
 from __future__ import annotations
 
 import hashlib
-import re
+import logging
+import threading
 from dataclasses import dataclass, field
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus, validate_job_id
 from rq.registry import (
@@ -27,22 +30,24 @@ from rq.registry import (
     StartedJobRegistry,
 )
 from rq.results import Result
-from rq.utils import as_text
 
+from rqplus import requeue as runs
 from rqplus.dashboard import audit
 from rqplus.dashboard.metrics import all_queues
-from rqplus.dashboard.payloads import DashboardJob, SafeSerializer, serializer_for, withheld_in
+from rqplus.dashboard.payloads import DashboardJob
+from rqplus.exceptions import UnknownQueueError
 from rqplus.queue import Queue
+from rqplus.requeue import Filters, exception_type, function_name, result_exc_string, unsafe_meta
+from rqplus.serializers import serializer_for
 
 #: The registries rq-dashboard's "Empty" button can clear, by the name in its URLs.
 REGISTRIES: dict[str, type[BaseRegistry]] = {
     "failed": FailedJobRegistry, "deferred": DeferredJobRegistry, "started": StartedJobRegistry,
     "finished": FinishedJobRegistry, "canceled": CanceledJobRegistry, "scheduled": ScheduledJobRegistry,
 }
-#: Failed jobs looked at per queue by the bulk requeue filter.
+#: Failed jobs looked at per queue by the failed-jobs page (its bulk requeue runs over them all).
 BULK_SCAN_LIMIT = 5000
-#: An exception's (dotted) type name, as tracebacks print it.
-_TYPE_NAME = re.compile(r"[A-Za-z_][\w.]*")
+log = logging.getLogger(__name__)
 
 
 class ActionError(Exception):
@@ -122,13 +127,9 @@ def _requeue_loaded(connection: Redis, job: DashboardJob) -> None:
     if status != JobStatus.FAILED:
         raise ActionError(409, f"job {job.id} is {status.value if status else 'without a status'}, not failed: "
                                "only failed jobs are requeued")
-    withheld = withheld_in(job.meta)
-    if withheld:
-        raise ActionError(409, f"job {job.id} has meta the dashboard does not load ({', '.join(withheld)}): "
-                               "requeue it from Python with rqplus.Queue.requeue_failed")
-    if not isinstance(job.meta, dict) or "unserialized" in job.meta:  # RQ's stand-in for meta it could not load
-        raise ActionError(409, f"job {job.id} has meta that cannot be read: requeueing would replace it; requeue "
-                               "it from Python with rqplus.Queue.requeue_failed")
+    unsafe = unsafe_meta(job.meta)
+    if unsafe:
+        raise ActionError(409, f"job {job.id} has {unsafe}: requeue it from Python with rqplus.Queue.requeue_failed")
     # saved back with the serializer that wrote it, so the worker reads it as before
     queue = Queue(job.origin, connection=connection, serializer=serializer_for(job.data))
     try:
@@ -137,15 +138,56 @@ def _requeue_loaded(connection: Redis, job: DashboardJob) -> None:
         raise ActionError(409, f"job {job.id} is not in the failed registry of queue {job.origin!r}") from None
 
 
-def requeue_all(connection: Redis, queue_name: str, actor: Actor) -> int:
-    """Requeue every failed job of ``queue_name`` at its priority; returns how many were requeued.
+def start_requeue(connection: Redis, filters: Filters, actor: Actor) -> runs.Run:
+    """Start a bulk requeue of ``filters.queue``'s failed jobs matching ``filters`` (each at its
+    priority), driven by a thread of this process; returns the run at once. Audited at the start
+    and at the end (with its counts). 404 for a queue Redis does not know.
 
-    Usage: ``requeue_all(redis, "emails", Actor("admin"))``
+    Usage: ``start_requeue(redis, Filters("emails", exception="TimeoutError"), Actor("admin")).id``
     """
-    job_ids = FailedJobRegistry(queue_name, connection=connection).get_job_ids(cleanup=False)
-    jobs = [job for start in range(0, len(job_ids), BULK_SCAN_LIMIT)
-            for job in fetch_many(connection, job_ids[start:start + BULK_SCAN_LIMIT])]
-    return _requeue_many(connection, jobs, actor, f"failed jobs of queue {queue_name}")
+    assert filters.queue is not None, "a run requeues one queue's failed jobs"
+    try:
+        run = runs.start(connection, filters.queue, filters, user=actor.user, ip=actor.ip or "")
+    except UnknownQueueError as error:
+        raise ActionError(404, str(error)) from None
+    audit.record(connection, actor.user, "requeue-start", f"failed jobs {filters.describe()}", ip=actor.ip,
+                 run=run.id, total=run.total)
+    owner = runs.new_owner()
+    if runs.claim(connection, run.id, owner):
+        _drive_in_background(connection, run, owner)
+    return run
+
+
+def resume_requeues(connection: Redis) -> list[runs.Run]:
+    """Take over the bulk requeues whose driving process died (their heartbeat expired), each
+    driven by a thread of this process from where it stopped; returns them.
+
+    Usage: ``resume_requeues(redis)  # at dashboard start``
+    """
+    owner = runs.new_owner()
+    resumed = [run for run in runs.orphaned(connection) if runs.claim(connection, run.id, owner)]
+    for run in resumed:
+        _drive_in_background(connection, run, owner)
+    return resumed
+
+
+def _drive_in_background(connection: Redis, run: runs.Run, owner: str) -> None:
+    threading.Thread(target=_drive, args=(connection, run, owner), name=f"rqplus-requeue-{run.id}",
+                     daemon=True).start()
+
+
+def _drive(connection: Redis, run: runs.Run, owner: str) -> None:
+    """A run's thread: drive it, then audit its end; a Redis outage leaves it resumable."""
+    try:
+        ended = runs.drive(connection, run.id, owner)
+        if ended is not None and not ended.running:
+            audit.record(connection, run.user, "requeue-many", f"failed jobs {run.filters.describe()}", ip=run.ip,
+                         run=run.id, count=ended.done, skipped=ended.skipped, total=ended.total)
+    except RedisError as error:  # Redis went away: the run stays resumable (its heartbeat lapses)
+        log.warning("bulk requeue %s paused: Redis error %s; it resumes at the next dashboard start", run.id, error)
+    except Exception as error:
+        log.exception("bulk requeue %s failed", run.id)
+        runs.fail(connection, run, owner, f"{type(error).__name__}: {error}")
 
 
 @dataclass
@@ -159,13 +201,12 @@ class FailedJob:
     job: DashboardJob = field(repr=False, compare=False)
 
     def matches(self, queue: str | None = None, function: str | None = None, exception: str | None = None) -> bool:
-        """True when every filter given (exact names; None: any) matches: the one filter rule of
-        the failed-jobs page and its bulk requeue.
+        """True when every filter given (exact names; None: any) matches: the filter rule of
+        :class:`rqplus.requeue.Filters`, shared by the failed-jobs page and its bulk requeue.
 
         Usage: ``[job for job in failed_jobs(redis) if job.matches(exception="TimeoutError")]``
         """
-        return all(wanted is None or wanted == value
-                   for wanted, value in ((queue, self.queue), (function, self.function), (exception, self.exception)))
+        return Filters(queue, function, exception).matches(self.queue, self.function, self.exception)
 
 
 def failed_jobs(connection: Redis, queue: str | None = None, function: str | None = None,
@@ -182,24 +223,31 @@ def failed_jobs(connection: Redis, queue: str | None = None, function: str | Non
         job_ids = FailedJobRegistry(name, connection=connection).get_job_ids(0, BULK_SCAN_LIMIT - 1, cleanup=False)
         jobs = [job for job in fetch_many(connection, job_ids) if job is not None]
         for job, exc_text in zip(jobs, exc_texts(connection, jobs)):
-            item = FailedJob(job.id, name, _function_of(job), exception_type(exc_text), job)
+            item = FailedJob(job.id, name, function_name(job.data), exception_type(exc_text), job)
             if item.matches(queue, function, exception):
                 found.append(item)
     return found
 
 
-def beyond_scan(connection: Redis) -> dict[str, int]:
-    """Queues holding more failed jobs than :func:`failed_jobs` looks at (``BULK_SCAN_LIMIT``),
-    with how many they hold: the filter and its bulk requeue take the oldest ones, in rounds.
+def failed_counts(connection: Redis) -> dict[str, int]:
+    """How many failed jobs each queue holds: one pipelined round trip.
 
-    Usage: ``beyond_scan(redis)  # -> {"emails": 7200}``
+    Usage: ``failed_counts(redis)  # -> {"emails": 7200, "default": 0}``
     """
     names = [queue.name for queue in all_queues(connection)]
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.zcard(FailedJobRegistry(name, connection=connection).key)
-        counts = pipe.execute()
-    return {name: count for name, count in zip(names, counts) if count > BULK_SCAN_LIMIT}
+        return dict(zip(names, pipe.execute()))
+
+
+def beyond_scan(connection: Redis) -> dict[str, int]:
+    """Queues holding more failed jobs than :func:`failed_jobs` looks at (``BULK_SCAN_LIMIT``),
+    with how many they hold: the page counts the oldest ones; its bulk requeue takes them all.
+
+    Usage: ``beyond_scan(redis)  # -> {"emails": 7200}``
+    """
+    return {name: count for name, count in failed_counts(connection).items() if count > BULK_SCAN_LIMIT}
 
 
 def selection_digest(jobs: list[FailedJob]) -> str:
@@ -209,31 +257,6 @@ def selection_digest(jobs: list[FailedJob]) -> str:
     Usage: ``selection_digest(failed_jobs(redis, queue="q"))``
     """
     return hashlib.sha256("\n".join(sorted(job.id for job in jobs)).encode()).hexdigest()
-
-
-def requeue_matching(connection: Redis, jobs: list[FailedJob], actor: Actor, what: str) -> int:
-    """Requeue the given failed jobs (from :func:`failed_jobs`, not fetched again); returns how many
-    were requeued.
-
-    Usage: ``requeue_matching(redis, failed_jobs(redis, queue="q"), Actor("admin"), "queue q")``
-    """
-    return _requeue_many(connection, [job.job for job in jobs], actor, what)
-
-
-def _requeue_many(connection: Redis, jobs: list[DashboardJob | None], actor: Actor, what: str) -> int:
-    requeued = skipped = 0
-    for job in jobs:
-        if job is None:  # gone since its id was listed
-            skipped += 1
-            continue
-        try:
-            _requeue_loaded(connection, job)
-            requeued += 1
-        except ActionError:  # one odd job (requeued meanwhile, unloadable meta) must not stop the rest
-            skipped += 1
-    # one entry for the whole batch, with its counts
-    audit.record(connection, actor.user, "requeue-many", what, ip=actor.ip, count=requeued, skipped=skipped)
-    return requeued
 
 
 def delete(connection: Redis, job_id: str, actor: Actor) -> None:
@@ -288,21 +311,6 @@ def compact(connection: Redis, queue_name: str, actor: Actor) -> None:
     audit.record(connection, actor.user, "compact", f"queue {queue_name}", ip=actor.ip)
 
 
-def exception_type(exc_text: str | None) -> str:
-    """The exception's type name from a traceback or ``"Type: message"`` text; "" when there is none.
-
-    The type heads the first unindented line after the last traceback's frames (the message,
-    secrets included, may run on over more lines): only a dotted name is taken from it.
-
-    Usage: ``exception_type("Traceback ...\\n  File ...\\nValueError: bad\\ninput") == "ValueError"``
-    """
-    lines = (exc_text or "").splitlines()
-    start = max((n for n, line in enumerate(lines) if line.startswith("Traceback")), default=-1) + 1
-    line = next((line for line in lines[start:] if line.strip() and not line[0].isspace()), "")
-    name = line.split(":", 1)[0].strip()
-    return name if _TYPE_NAME.fullmatch(name) else ""
-
-
 def exc_texts(connection: Redis, jobs: list[DashboardJob]) -> list[str | None]:
     """Each job's exception text (see :func:`exc_text`), from its latest result: one pipelined
     round trip for all.
@@ -313,9 +321,7 @@ def exc_texts(connection: Redis, jobs: list[DashboardJob]) -> list[str | None]:
         for job in jobs:
             pipe.xrevrange(Result.get_key(job.id), "+", "-", count=1)
         latest = pipe.execute()
-    return [exc_text(job, Result.restore(job.id, as_text(entries[0][0]), entries[0][1], connection=connection,
-                                         serializer=SafeSerializer) if entries else None)
-            for job, entries in zip(jobs, latest)]
+    return [result_exc_string(entries) or job._exc_info for job, entries in zip(jobs, latest)]
 
 
 def exc_text(job: DashboardJob, latest: Result | None) -> str | None:
@@ -326,10 +332,3 @@ def exc_text(job: DashboardJob, latest: Result | None) -> str | None:
     Usage: ``exc_text(job, job.latest_result())``
     """
     return latest.exc_string if latest and latest.exc_string else job._exc_info
-
-
-def _function_of(job: DashboardJob) -> str:
-    try:
-        return job.func_name or "?"
-    except Exception:  # unreadable job data (RQ raises DeserializationError): still listed
-        return "?"

@@ -9,6 +9,7 @@ Usage::
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import secrets
@@ -25,8 +26,8 @@ from waitress import wasyncore
 from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 from waitress.task import ThreadedTaskDispatcher
 
-from rqplus.connections import connect, redis_url
-from rqplus.dashboard import rqdashboard, security
+from rqplus.connections import connect, explain, redis_url
+from rqplus.dashboard import actions, rqdashboard, security
 from rqplus.dashboard.actions import ActionError
 from rqplus.dashboard.payloads import Masker
 from rqplus.dashboard.security import Credentials
@@ -36,6 +37,7 @@ from rqplus.defaults import DASHBOARD_HOST, DASHBOARD_PORT, DASHBOARD_PREFIX
 HERE = Path(__file__).resolve().parent
 #: Keeps sessions valid across restarts and between processes serving one dashboard; random otherwise.
 SECRET_KEY_ENV = "RQPLUS_DASHBOARD_SECRET_KEY"
+log = logging.getLogger(__name__)
 
 
 class DashboardConfigError(ValueError):
@@ -50,7 +52,8 @@ def create_app(url: str | None = None, *, credentials: Credentials | None = None
     ``url``: the Redis (default ``$REDIS_URL``, see :mod:`rqplus.connections`). ``credentials``:
     default from ``$RQPLUS_DASHBOARD_USERNAME`` / ``$RQPLUS_DASHBOARD_PASSWORD``; without them
     :class:`DashboardConfigError` is raised unless ``auth=False`` (then anyone reaching the port
-    may use it). ``prefix``: where rq-dashboard's pages live. ``mask_keys``: key fragments whose
+    may use it). Bulk requeues left running by a dashboard that died are taken up again, by
+    threads of this process. ``prefix``: where rq-dashboard's pages live. ``mask_keys``: key fragments whose
     values are masked (default ``$RQPLUS_DASHBOARD_MASK_KEYS`` or password, token, secret, card,
     cvv, iban).
 
@@ -67,11 +70,16 @@ def create_app(url: str | None = None, *, credentials: Credentials | None = None
     chosen = redis_url(url)
     app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
     app.config["SECRET_KEY"] = secret_key or os.environ.get(SECRET_KEY_ENV) or secrets.token_hex(32)
-    app.extensions["rqplus.dashboard"] = Dashboard(connect(chosen), Masker(mask_keys), chosen)
+    board = Dashboard(connect(chosen), Masker(mask_keys), chosen)
+    app.extensions["rqplus.dashboard"] = board
     security.install(app, credentials)
     app.register_blueprint(blueprint)
     rqdashboard.mount(app, prefix)
     _answer_cleanly(app)
+    try:
+        actions.resume_requeues(board.connection)
+    except RedisError as error:  # Redis out of reach now: the pages say so; runs resume at a later start
+        log.warning("bulk requeues not resumed: %s", explain(error))
     return app
 
 

@@ -24,12 +24,13 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from rq.utils import as_text, utcparse
 from rq_scheduler import Scheduler
 
-from rqplus.dashboard.payloads import DashboardJob, SafeSerializer
+from rqplus.dashboard.payloads import DashboardJob
 from rqplus.defaults import DEFAULT_PRIORITY
 from rqplus.durability import DurabilityReport, cached_check
 from rqplus.priority import LEVELS, validate_priority
 from rqplus.queue import Queue
 from rqplus.recovery import marker_key, read_identity
+from rqplus.serializers import SafeSerializer
 from rqplus.worker import Worker
 
 #: Ids read from a queue's RQ list for the per-priority counts. The list holds at most

@@ -1,10 +1,11 @@
 """How the dashboard reads job data: never running code from Redis, never showing secrets.
 
 Anyone who can write to Redis can forge a job whose pickled meta, arguments or result runs code
-when unpickled. The dashboard therefore loads every payload with :class:`SafeSerializer`: JSON as
-is, pickles through an unpickler that builds only plain data and the standard data classes of
-:data:`rqplus.serializers.SAFE_GLOBALS` (dates, decimals, UUIDs, collections). Any other class or function named in a pickle becomes a :class:`Withheld`
-placeholder (shown as ``<not loaded: module.name>``), without being imported or called.
+when unpickled. The dashboard therefore loads every payload with
+:class:`rqplus.serializers.SafeSerializer`: JSON as is, pickles through an unpickler that builds
+only plain data and the standard data classes of :data:`rqplus.serializers.SAFE_GLOBALS` (dates,
+decimals, UUIDs, collections). Any other class or function named in a pickle becomes a
+``Withheld`` placeholder (shown as ``<not loaded: module.name>``), without being imported or called.
 
 Values under sensitive keys (``password``, ``token``, ``secret``, ``card``, ``cvv``, ``iban`` by
 default, ``RQPLUS_DASHBOARD_MASK_KEYS`` to change) are masked before anything is shown.
@@ -18,131 +19,20 @@ Usage::
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import pickle
 import re
 from collections.abc import Iterable
 from typing import Any
 
 from redis import Redis
 from rq.job import Job
-from rq.serializers import JSONSerializer
 
-from rqplus.serializers import RestrictedUnpickler
+from rqplus.serializers import SafeSerializer
 
 #: Environment variable listing the key fragments whose values are masked (comma-separated).
 MASK_KEYS_ENV = "RQPLUS_DASHBOARD_MASK_KEYS"
 DEFAULT_MASK_KEYS = ("password", "token", "secret", "card", "cvv", "iban")
 MASK = "***"
-
-class _WithheldType(type):
-    def __repr__(cls) -> str:
-        return f"<not loaded: {cls.origin}>"
-
-
-class Withheld(metaclass=_WithheldType):
-    """Stands in for an object of a class (or a function) the dashboard refuses to import.
-
-    Whatever the pickle passes to it (constructor arguments, state) is dropped unseen, so nothing
-    of it, secrets included, can be shown either.
-    """
-
-    origin = "?"
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Withheld:
-        return object.__new__(cls)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-    def append(self, *dropped: Any) -> None:
-        """Drops what an unpickled list or dict subclass (``defaultdict``, ``Counter``) fills itself with.
-
-        Usage: ``withheld.append(1)  # nothing kept``
-        """
-
-    extend = __setitem__ = append
-
-    def __repr__(self) -> str:
-        return f"<not loaded: {self.origin}>"
-
-
-class _DashboardUnpickler(RestrictedUnpickler):
-    # Plain-data constructors pass; anything else gets a placeholder class named after it, so a
-    # page still shows the rest of the payload.
-    def refused(self, module: str, name: str) -> Any:
-        return _WithheldType(name, (Withheld,), {"origin": f"{module}.{name}"})
-
-
-class RestrictedPickleSerializer:
-    """Writes pickles as RQ's default serializer does; reads them without importing anything.
-
-    Usage: ``rqplus.Queue(name, connection=redis, serializer=RestrictedPickleSerializer)``
-    """
-
-    @staticmethod
-    def dumps(obj: Any) -> bytes:
-        """``obj`` pickled at the highest protocol, as RQ's ``DefaultSerializer`` writes it.
-
-        Usage: ``RestrictedPickleSerializer.dumps({"a": 1})``
-        """
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-
-    @staticmethod
-    def loads(data: bytes) -> Any:
-        """The plain data in a pickle; classes and functions it names become :class:`Withheld`.
-
-        Usage: ``RestrictedPickleSerializer.loads(job_hash[b"meta"])``
-        """
-        return _DashboardUnpickler(io.BytesIO(data)).load()
-
-
-def _is_json(data: bytes) -> bool:
-    # pickle protocol 2+ opens with PROTO (0x80); RQ writes HIGHEST_PROTOCOL. Older protocols are
-    # read by the restricted unpickler too, which is safe for any input.
-    if data[:1] == b"\x80":
-        return False
-    try:
-        json.loads(data)
-    except ValueError:
-        return False
-    return True
-
-
-def serializer_for(data: bytes) -> type:
-    """The serializer that wrote ``data`` (JSON, else pickle), in its safe-to-read form.
-
-    Usage: ``rqplus.Queue(job.origin, connection=redis, serializer=serializer_for(job.data))``
-    """
-    return JSONSerializer if _is_json(data) else RestrictedPickleSerializer
-
-
-class SafeSerializer:
-    """Reads JSON and pickle payloads alike, safely; the dashboard's read-only serializer.
-
-    Writing goes through :func:`serializer_for`, so a job is saved back in its own format.
-    """
-
-    @staticmethod
-    def dumps(obj: Any) -> bytes:
-        """Always raises ``TypeError``: this serializer only reads.
-
-        Usage: save with ``serializer_for(job.data).dumps(value)`` instead
-        """
-        raise TypeError("SafeSerializer only reads: save jobs with serializer_for(job.data)")
-
-    @staticmethod
-    def loads(data: bytes) -> Any:
-        """JSON or pickle ``data`` loaded safely (see :func:`serializer_for`).
-
-        Usage: ``SafeSerializer.loads(b'{"a": 1}') == {"a": 1}``
-        """
-        return serializer_for(data).loads(data)
 
 
 class DashboardJob(Job):
@@ -155,20 +45,6 @@ class DashboardJob(Job):
     # ignored, so no code path of the dashboard unpickles with the stock unpickler.
     def __init__(self, id: str | None = None, connection: Redis | None = None, serializer: Any = None) -> None:
         super().__init__(id, connection=connection, serializer=SafeSerializer)
-
-
-def withheld_in(value: Any) -> list[str]:
-    """The origins of every :class:`Withheld` inside ``value`` (empty when it is plain data).
-
-    Usage: ``withheld_in(job.meta) == []``
-    """
-    if isinstance(value, Withheld) or (isinstance(value, type) and issubclass(value, Withheld)):
-        return [value.origin]
-    if isinstance(value, dict):
-        return [origin for item in value.items() for origin in withheld_in(item)]
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [origin for item in value for origin in withheld_in(item)]
-    return []
 
 
 def mask_keys() -> tuple[str, ...]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import rq_dashboard
 import rq_dashboard.web as rqd
-from flask import Flask, Response, current_app, jsonify, make_response, render_template, request, url_for
+from flask import Flask, Response, current_app, jsonify, make_response, redirect, render_template, request, url_for
 from jinja2 import BaseLoader, ChoiceLoader, Environment, FileSystemLoader
 from redis import Redis
 from rq import VERSION as RQ_VERSION
@@ -38,9 +38,12 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from rqplus.dashboard import actions
 from rqplus.dashboard.metrics import workers
-from rqplus.dashboard.payloads import DashboardJob, SafeSerializer, shown
+from rqplus.dashboard.payloads import DashboardJob, shown
+from rqplus.dashboard.security import wants_html
 from rqplus.dashboard.views import actor, dashboard
 from rqplus.queue import Queue
+from rqplus.requeue import Filters
+from rqplus.serializers import SafeSerializer
 
 RQ_DASHBOARD_TEMPLATES = Path(rq_dashboard.blueprint.root_path) / "templates"
 #: The most jobs a page of rq-dashboard's job lists holds: a larger page size asked for is served
@@ -67,6 +70,9 @@ TEMPLATE_PATCHES: list[tuple[str, str, str, str]] = [
      "links to rqplus' pages and a log-out button"),
     ("rq_dashboard/scripts/jobs.js", r"\$\(this\)\.val\('\{\{ queue\.name \}\}'\)", "$(this).val({{ queue.name|tojson }})",
      "the queue name (from the URL) becomes a JSON string literal, not text pasted into JavaScript"),
+    ("rq_dashboard/scripts/jobs.js", r"(modalConfirm\('requeue all', function\(\) \{\s*\$\.post\(\$this\.attr\('href'\), "
+     r"function\(data\) \{)\}\);", r"\1 window.location = data.progress; });",
+     "Requeue All starts a background requeue: the browser goes to its progress page"),
 ]
 
 
@@ -304,17 +310,22 @@ def requeue_job_view(job_id: str) -> Response:
     return _json({"status": "OK"})
 
 
-# rq-dashboard: accepts GET, so a link or <img> could requeue everything. Here: POST only (the
-# CSRF and same-origin checks apply), at each job's priority, audited.
+# rq-dashboard: accepts GET, so a link or <img> could requeue everything, and requeues them all
+# within the request (minutes for 100k jobs). Here: POST only (the CSRF and same-origin checks
+# apply), a background run at each job's priority (audited at its start and end), answered at once.
 def requeue_all(queue_name: str) -> Response:
-    """Requeue every failed job of a queue, each at its priority (POST only).
+    """Start requeueing every failed job of a queue in the background, each at its priority
+    (POST only): a browser form is redirected to the progress page, scripts get JSON naming it.
 
-    Usage: ``POST /rq/requeue/<queue>`` with the CSRF token
+    Usage: ``POST /rq/requeue/<queue>`` with the CSRF token -> ``{"status": "OK", "run": ..., "progress": ...}``
     """
     if request.method != "POST":
         raise MethodNotAllowed(valid_methods=["POST"], description="requeue-all changes state: POST only")
-    count = actions.requeue_all(dashboard().connection, queue_name, actor())
-    return _json({"status": "OK", "count": count})
+    run = actions.start_requeue(dashboard().connection, Filters(queue_name), actor())
+    progress = url_for("rqplus.requeue_progress", run=run.id)
+    if wants_html():
+        return redirect(progress)
+    return _json({"status": "OK", "run": run.id, "total": run.total, "progress": progress})
 
 
 # rq-dashboard: Job.fetch with the stock unpickler, ERROR without a message. Here: safe, 404, audited.

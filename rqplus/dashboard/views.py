@@ -1,5 +1,6 @@
 """rqplus' own dashboard pages, beside rq-dashboard's: priorities, durability, schedule, workers,
-depth chart, bulk requeue of failed jobs, the audit log, and ``/metrics`` for Prometheus.
+depth chart, bulk requeue of failed jobs and its progress, the audit log, and ``/metrics`` for
+Prometheus.
 
 Usage::
 
@@ -14,16 +15,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Response, current_app, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
 from redis import Redis
 from redis.exceptions import RedisError
 
+from rqplus import requeue as runs
 from rqplus.connections import redact
 from rqplus.dashboard import actions, audit, metrics
 from rqplus.dashboard.charts import line_chart
 from rqplus.dashboard.payloads import DashboardJob, Masker
 from rqplus.dashboard.security import app_credentials, current_user
 from rqplus.durability import DurabilityReport, cached_check
+from rqplus.requeue import Filters
 
 blueprint = Blueprint("rqplus", __name__)
 
@@ -33,6 +36,10 @@ OVERVIEW_REFRESH = 10
 AUDIT_PAGE, AUDIT_RECENT = 200, 5
 #: Matching failed jobs listed on the bulk requeue page (all of them are requeued).
 FAILED_SHOWN = 100
+#: Seconds between reloads of the bulk requeue progress page while a run is going.
+PROGRESS_REFRESH = 1
+#: Runs listed on the progress page when none is named.
+RUNS_SHOWN = 20
 
 
 @dataclass
@@ -156,8 +163,9 @@ def failed() -> str:
 
 @blueprint.route("/failed/requeue", methods=["POST"])
 def requeue_failed() -> Response:
-    """Requeue the failed jobs matching the filters, each at its priority, if the selection is
-    still the one the user confirmed (the same job ids, by digest); 409 when it changed meanwhile.
+    """Start requeueing the failed jobs matching the filters in the background (a run per queue,
+    each job at its priority), if the selection shown is still the one the user confirmed (the
+    same job ids, by digest; 409 when it changed meanwhile); redirects to the runs' progress.
 
     Usage: ``POST /failed/requeue`` with the filters, ``selection`` and the CSRF token (the page's form)
     """
@@ -168,10 +176,26 @@ def requeue_failed() -> Response:
         shown = request.form.get("expected", "?")
         raise actions.ActionError(409, f"the selection changed: {len(matching)} failed jobs match now, not the "
                                        f"{shown} shown. Review it and confirm again.")
-    what = "failed jobs " + (", ".join(f"{key}={value}" for key, value in chosen.items() if value) or "(all)")
-    count = actions.requeue_matching(connection, matching, actor(), what)
-    flash(f"Requeued {count} of {len(matching)} failed jobs, each at its priority.")
-    return redirect(url_for("rqplus.failed", **{k: v for k, v in chosen.items() if v}))
+    # the page looks at the oldest BULK_SCAN_LIMIT of each queue; a run goes through the whole registry
+    queues = [chosen["queue"]] if chosen["queue"] else [name for name, count in actions.failed_counts(connection).items()
+                                                        if count]
+    started = [actions.start_requeue(connection, Filters(queue, chosen["function"], chosen["exception"]), actor())
+               for queue in queues]
+    return redirect(url_for("rqplus.requeue_progress", run=[run.id for run in started]))
+
+
+@blueprint.route("/requeue")
+def requeue_progress() -> str:
+    """Bulk requeues and their progress (done / total, rate, status): the runs named by ``run=``,
+    else the latest ones; reloads itself while one is running.
+
+    Usage: ``GET /requeue?run=<run id>``
+    """
+    named = request.args.getlist("run")
+    shown = runs.runs(dashboard().connection, named or None, limit=RUNS_SHOWN)
+    going = any(run.running for run in shown)
+    return render_template("rqplus/requeue.html", runs=shown, named=bool(named),
+                           refresh=PROGRESS_REFRESH if going else None)
 
 
 @blueprint.route("/audit")
