@@ -68,7 +68,7 @@ def fill(conn: Redis, n: int) -> None:
                 job = Job.create(FUNC, args=(index,), connection=conn, origin=QUEUE, status=JobStatus.FAILED,
                                  meta={"priority": index % 10})
                 job.save(pipeline=pipe)
-                pipe.hset(job.key, mapping={"priority": index % 10, "exc_info": "Traceback ...\nValueError: bench"})
+                pipe.hset(job.key, "exc_info", "Traceback ...\nValueError: bench")
                 pipe.zadd(registry_key, {job.id: expires})
             pipe.execute()
 
@@ -93,7 +93,7 @@ def requeue_rate(conn: Redis, n: int, requeue: object) -> float:
     began = time.perf_counter()
     count = requeue(conn)  # type: ignore[operator]
     seconds = time.perf_counter() - began
-    assert count == n and conn.llen(rqplus.Queue(QUEUE, connection=conn).key) == n, f"{count} of {n} requeued"
+    assert count == n and rqplus.Queue(QUEUE, connection=conn).count == n, f"{count} of {n} requeued"
     return n / seconds
 
 
