@@ -19,8 +19,8 @@ re-reading the ids it kept. Jobs that fail after the run started (scored later t
 ``until`` bound) are left for the next run, so a run ends even while workers keep failing jobs.
 
 Before requeueing a batch, its ids are noted (``rqplus:requeue:<run id>:pending``): whoever
-resumes a run whose driver was killed mid-batch finishes that batch from the note first, so the
-counts stay exact and no job is left out of both the registry and the queue.
+resumes a run whose driver was killed mid-batch counts what that batch requeued from the note
+first, so the counts stay exact.
 
 Jobs whose meta the dashboard could not load, or whose requeue would rewrite their meta in another
 format, are skipped (counted in ``skipped``): RQ's requeue saves the job hash back.
@@ -484,29 +484,16 @@ def _record(connection: Redis, run: Run, examined: int, done: int, skipped: int)
 
 
 def _settle(connection: Redis, run: Run) -> None:
-    """Finish a killed driver's last batch, from its pending note: count the jobs it requeued
-    before it could record them (they left the registry), requeue the ones it left in neither
-    place (killed inside RQ's requeue of one job, between taking it out of the registry and
-    queueing it: still ``failed``), and move the last one it queued to its priority's place (it
-    may have been killed in between). The others are still in the registry, examined again."""
+    """Count a killed driver's last batch, from its pending note: the noted jobs no longer in the
+    registry were requeued before the driver could record them (``requeue_failed_many`` takes a
+    job out of the registry and queues it in one script). The others are still in the registry,
+    examined again."""
     noted = [as_text(job_id) for job_id in connection.lrange(pending_key(run.id), 0, -1)]
     if not noted:
         return
     key = FailedJobRegistry(run.queue, connection=connection).key
     gone = [job_id for job_id, score in zip(noted, connection.zmscore(key, noted)) if score is None]
-    with connection.pipeline(transaction=False) as pipe:
-        for job_id in gone:
-            pipe.hmget(Queue.job_class.key_for(job_id), "status", "meta")
-        stored = pipe.execute()
-    lost = {job_id: {"meta": meta} for job_id, (status, meta) in zip(gone, stored) if status == b"failed"}
-    queued = [job_id for job_id, (status, _) in zip(gone, stored) if status == b"queued"]
-    if queued:  # the last one queued may have been killed before its move to its priority's place
-        Queue(run.queue, connection=connection).reposition(queued[-1])
-    if lost:
-        connection.zadd(key, dict.fromkeys(lost, run.until))  # back where requeue_failed_many takes them from
-    groups, matched = _select(connection, Filters(run.queue), list(lost), list(lost.values()))
-    done = _requeue(connection, run.queue, groups)
-    _record(connection, run, examined=len(gone), done=len(gone) - len(lost) + done, skipped=matched - done)
+    _record(connection, run, examined=len(gone), done=len(gone), skipped=0)
 
 
 def _fields_for(filters: Filters) -> list[str]:
