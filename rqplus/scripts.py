@@ -241,6 +241,9 @@ if job_type == 'hash' then
 elseif job_type ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. job_key .. ' holds a ' .. job_type .. ', not a job hash: nothing enqueued')
 end
+-- the insert first: a key of the queue's that Redis refuses (a forged or corrupted one) stops the
+-- script before the job hash is written (an id left in the window without its hash is skipped)
+insert(queue, wp, ARGV[1], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6], refill(queue, wp, ARGV[1], ARGV[2]))
 local i = 8
 while i <= #ARGV do
   local words = tonumber(ARGV[i])
@@ -248,7 +251,6 @@ while i <= #ARGV do
   i = i + words + 1
 end
 redis.call('SADD', KEYS[5], queue)
-insert(queue, wp, ARGV[1], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6], refill(queue, wp, ARGV[1], ARGV[2]))
 ring(wake)
 return 1
 """
@@ -269,14 +271,15 @@ local n = refill(queue, wp, ARGV[1], ARGV[2])
 while i <= #ARGV do
   local job_id, p, mode, length = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
   local writes_end = i + 3 + length
-  if redis.call('ZREM', failed, job_id) == 1 and redis.call('EXISTS', ARGV[2] .. job_id) == 1 then
+  if redis.call('ZSCORE', failed, job_id) and redis.call('EXISTS', ARGV[2] .. job_id) == 1 then
+    n = insert(queue, wp, ARGV[1], tonumber(ARGV[3]), job_id, p, mode, n)  -- first: see ENQUEUE
+    redis.call('ZREM', failed, job_id)
     local k = i + 4
     while k <= writes_end do
       local words = tonumber(ARGV[k])
       redis.call(unpack(ARGV, k + 1, k + words))
       k = k + words + 1
     end
-    n = insert(queue, wp, ARGV[1], tonumber(ARGV[3]), job_id, p, mode, n)
     requeued = requeued + 1
   end
   i = writes_end + 1

@@ -328,6 +328,9 @@ def test_a_queue_entry_that_is_no_hash_does_not_stop_enqueues(redis):
 @pytest.mark.parametrize("corrupt, message", [
     (lambda redis: redis.set("rq:queue:q", "not a list"), "rq:queue:q holds a string, not a queue list"),
     (lambda redis: redis.set("rq:job:taken", "s"), "rq:job:taken holds a string, not a job hash"),
+    (lambda redis: redis.set("rqplus:backlog:q:5", "s"), "WRONGTYPE"),       # the queue's own keys, forged
+    (lambda redis: redis.set("rqplus:window:q", "s"), "WRONGTYPE"),
+    (lambda redis: redis.set("rqplus:window:q:levels", "s"), "WRONGTYPE"),
 ])
 def test_an_enqueue_that_cannot_be_inserted_writes_nothing(redis, corrupt, message):
     corrupt(redis)
