@@ -17,10 +17,11 @@ from rqplus.exceptions import DurabilityError, ForbiddenJobError, UnknownQueueEr
 from rqplus.priority import priority_of
 from rqplus.queue import Queue
 from rqplus.task import TaskDefaults, task
+from rqplus.thread_worker import ThreadWorker
 from rqplus.worker import Worker
 
 __all__ = [
     "DEFAULT_PRIORITY", "MAX_PRIORITY", "MIN_PRIORITY", "DurabilityError", "ForbiddenJobError", "Queue",
-    "TaskDefaults", "UnknownQueueError", "UnsafePickleError", "Worker", "WorkLoopError", "priority_of", "task",
+    "TaskDefaults", "ThreadWorker", "UnknownQueueError", "UnsafePickleError", "Worker", "WorkLoopError", "priority_of", "task",
 ]
 __version__ = "0.1.0"

@@ -146,3 +146,78 @@ else:
             finally:
                 assert self is _job_stack.pop()
             return self._result
+
+
+if RQ3:
+    class ConcurrentCompat:
+        """rq 3.x keeps one execution per running job and passes it to every hook: used as is."""
+
+        def bind(self, run: Any) -> None:
+            """Make ``run`` the current thread's execution (rq 2.12 keeps one on the worker)."""
+
+        @staticmethod
+        def execution_argument(execution: Any) -> dict[str, Any]:
+            """The ``execution`` keyword RQ's worker hooks take (rq 2.12: none, see :meth:`bind`)."""
+            return {"execution": execution}
+
+        def finalize_success(self, job: Any, queue: Any, execution: Any, return_value: Any) -> None:
+            """RQ's end of a job that returned: result, ``Retry``, success callback, dependents."""
+            self._finalize_success(job, queue, execution, return_value)  # type: ignore[attr-defined]
+
+        def finalize_failure(self, job: Any, queue: Any, execution: Any, exc_info: Any) -> None:
+            """RQ's end of a job that raised: failure callback, exception handlers, retry or failed."""
+            self._finalize_failure(job, queue, execution, exc_info)  # type: ignore[attr-defined]
+else:
+    import sys
+    import threading
+    import traceback
+
+    from rq.job import JobStatus, Retry
+
+    class ConcurrentCompat:  # type: ignore[no-redef]
+        """rq 2.12's worker keeps ONE execution (``worker.execution``) and its hooks read it there:
+        for several jobs at once it is kept per thread, and the end of a job is rq 2.12's
+        ``perform_job`` after the call (rq 3.0 has it as ``_finalize_success``/``_failure``)."""
+
+        _local = threading.local()
+
+        @property
+        def execution(self) -> Any:
+            return getattr(self._local, "execution", None)
+
+        @execution.setter
+        def execution(self, execution: Any) -> None:
+            self._local.execution = execution
+
+        def bind(self, run: Any) -> None:
+            """Make ``run``'s execution the current thread's ``worker.execution``."""
+            self.execution = run.execution
+
+        @staticmethod
+        def execution_argument(execution: Any) -> dict[str, Any]:
+            return {}
+
+        # rq 2.12's perform_job from the end of the call on
+        def finalize_success(self, job: Any, queue: Any, execution: Any, return_value: Any) -> None:
+            self.handle_execution_ended(job, queue, job.success_callback_timeout)  # type: ignore[attr-defined]
+            job._result = return_value
+            if isinstance(return_value, Retry):
+                self.handle_job_retry(job=job, queue=queue, retry=return_value,  # type: ignore[attr-defined]
+                                      started_job_registry=queue.started_job_registry, execution=execution)
+                return
+            job._status = JobStatus.FINISHED
+            job.execute_success_callback(self.death_penalty_class, return_value)  # type: ignore[attr-defined]
+            self.handle_job_success(job=job, queue=queue,  # type: ignore[attr-defined]
+                                    started_job_registry=queue.started_job_registry)
+            job.send_webhooks(JobStatus.FINISHED)
+
+        def finalize_failure(self, job: Any, queue: Any, execution: Any, exc_info: Any) -> None:
+            job._status = JobStatus.FAILED
+            self.handle_execution_ended(job, queue, job.failure_callback_timeout)  # type: ignore[attr-defined]
+            try:
+                job.execute_failure_callback(self.death_penalty_class, *exc_info)  # type: ignore[attr-defined]
+            except Exception:
+                exc_info = sys.exc_info()
+            self.handle_exception(job, *exc_info)  # type: ignore[attr-defined]
+            self.handle_job_failure(job=job, exc_string="".join(traceback.format_exception(*exc_info)),  # type: ignore[attr-defined]
+                                    queue=queue, started_job_registry=queue.started_job_registry)

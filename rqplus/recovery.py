@@ -156,6 +156,17 @@ def hand_back(connection: Redis, queue: Queue, job_id: str, execution_id: str, w
     return rescue
 
 
+def put_back_unstarted(connection: Redis, queue: Queue, job_id: str) -> bool:
+    """Put ``job_id``, fetched into ``queue``'s intermediate list but not started, back in the
+    queue at its priority (a worker that stops between its fetch and the job's start). Not counted
+    as a rescue. False if it is no longer in the intermediate list.
+
+    Usage: ``put_back_unstarted(redis, queue, job.id)``
+    """
+    return _run_rescue(connection, queue, queue.intermediate_queue_key, job_id, queue.job_priority(job_id), "", "",
+                       0, 0) != -2
+
+
 def _rescue_started(connection: Redis, queue: Queue, entry: str, job_id: str, worker: str,
                     max_rescues: int, check_alive: bool = True) -> Rescue | None:
     job = queue.fetch_job(job_id)
@@ -193,8 +204,7 @@ def _rescue_stuck(connection: Redis, queue: Queue, job_id: str, grace: float, re
     if reason is not None:
         queue.quarantine(job_id, reason)
         outcome = "quarantined"
-    elif not requeue or _run_rescue(connection, queue, queue.intermediate_queue_key, job_id,
-                                    queue.job_priority(job_id), "", "", 0, 0) == -2:
+    elif not requeue or not put_back_unstarted(connection, queue, job_id):
         return None
     else:
         outcome = "unstuck"

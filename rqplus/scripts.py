@@ -19,6 +19,7 @@ from typing import Any
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
+from rq.utils import as_text
 
 from rqplus.defaults import MAX_PRIORITY, MIN_PRIORITY
 
@@ -357,6 +358,33 @@ end
 return nil
 """
 
+# Batch fetch for workers that run several jobs at once: up to ARGV[2] ids, from the first queue on
+# (as RELIABLE_FETCH, each moved into its queue's intermediate list before the script returns, the
+# window refilled), each with its job hash, so a worker starts a batch in one round trip.
+# KEYS, ARGV[1] as RELIABLE_FETCH; ARGV[2] = how many at most, ARGV[2 + i] = queue i's backlog prefix
+# Returns a flat list of triples {queue index (1-based), job id, the job hash as HGETALL returns it}.
+FETCH_MANY = _INSERT + """
+local want, found = tonumber(ARGV[2]), {}
+for i = 1, #KEYS, 3 do
+  local queue, wp, bp, index = KEYS[i], KEYS[i + 2], ARGV[(i + 2) / 3 + 2], (i + 2) / 3
+  while want > 0 do
+    local ids = redis.call('LPOP', queue, want)
+    if not ids and refill(queue, wp, bp, ARGV[1]) > 0 then ids = redis.call('LPOP', queue, want) end
+    if not ids then break end
+    redis.call('RPUSH', KEYS[i + 1], unpack(ids))
+    for _, job_id in ipairs(ids) do
+      left_window(wp, job_id)
+      for _, value in ipairs({index, job_id, redis.call('HGETALL', ARGV[1] .. job_id)}) do
+        table.insert(found, value)
+      end
+    end
+    want = want - #ids
+    refill(queue, wp, bp, ARGV[1])
+  end
+end
+return found
+"""
+
 # Finds jobs that no live worker holds, for `rqplus.recovery`. Read only.
 # KEYS[2i-1], KEYS[2i] = started registry (rq:wip:<name>) and intermediate list of queue i
 # ARGV[1] = execution hash key prefix (rq:execution:); an entry's worker is the execution's
@@ -511,6 +539,20 @@ def quarantine(connection: Redis, keys: tuple[str, str, str], job_id: str, score
     Usage: ``quarantine(redis, keys, job_id, expiry, "field 'data' is missing", "emails")``
     """
     run(connection, QUARANTINE, 4, *keys, corrupt_key(job_id), job_id, score, reason, queue_name)
+
+
+def fetch_many(connection: Redis, queues: Sequence[tuple[str, str, str, str]], job_key_prefix: str,
+               count: int) -> list[tuple[int, str, dict[bytes, bytes]]]:
+    """Move up to ``count`` ids, most urgent first, into their intermediate lists (see ``FETCH_MANY``);
+    ``queues`` as for :func:`reliable_fetch`. Returns (queue index, job id, job hash) each.
+
+    Usage: ``fetch_many(redis, [("rq:queue:a", "rq:queue:a:intermediate", window_key("a"), backlog_prefix("a"))], "rq:job:", 8)``
+    """
+    keys = [key for queue, intermediate, window, _ in queues for key in (queue, intermediate, window)]
+    found = run(connection, FETCH_MANY, len(keys), *keys, job_key_prefix, count,
+                *(backlog for *_, backlog in queues))
+    return [(int(index) - 1, as_text(job_id), dict(zip(fields[0::2], fields[1::2])))
+            for index, job_id, fields in zip(found[0::3], found[1::3], found[2::3])]
 
 
 def reliable_fetch(connection: Redis, queues: Sequence[tuple[str, str, str, str]],

@@ -321,11 +321,18 @@ class Worker(WorkerCompat, RQWorker):
         reason = refusal(job)
         if reason is None:
             return super().perform_job(job, queue, **execution)
+        self.refuse(job, queue, reason, **execution)
+        return False
+
+    def refuse(self, job: Job, queue: Queue, reason: str, **execution: Any) -> None:
+        """Fail ``job`` (no retry) because the allow-list refused it; nothing of it is called.
+
+        Usage: ``worker.refuse(job, queue, refusal(job))``
+        """
         self.log.error("Worker %s: refused job %s: %s", self.name, job.id, reason)
         self.connection.lrem(queue.intermediate_queue_key, 1, job.id)  # RQ's prepare step would read the job data
         stop_retries(job)  # a forbidden function stays forbidden
         self.handle_job_failure(job, queue, exc_string=reason, **execution)
-        return False
 
     # RQ change: rescue dead workers' jobs before RQ's cleanup would fail them as abandoned.
     def clean_registries(self) -> None:

@@ -1,0 +1,422 @@
+"""``rqplus.ThreadWorker``: up to N jobs at once, each in a thread of one worker process.
+
+For I/O-bound jobs (network calls, databases): no fork per job, and while one job waits the others
+run. Every job goes through RQ's own steps (its execution in the started registry, heartbeats,
+timeouts, ``Retry``, callbacks, results, dependents) and rqplus's (priority order, allow-list,
+rescue, durability guard), one :class:`~rq.executions.Execution` per running job, so ``rq info``,
+rq-dashboard and rqplus's rescue see every one of them.
+
+Usage::
+
+    RQPLUS_CONCURRENCY=16 rq worker -w rqplus.ThreadWorker --queue-class rqplus.Queue emails
+
+or from Python: ``rqplus.ThreadWorker(["emails"], connection=redis, concurrency=16).work()``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import heapq
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from queue import SimpleQueue
+from typing import Any
+
+from rq import Worker as RQWorker
+from rq.executions import Execution
+from rq.job import Job
+from rq.timeouts import JobTimeoutException, TimerDeathPenalty
+from rq.utils import now
+from rq.worker import WorkerStatus
+
+from rqplus.allowlist import refusal
+from rqplus.compat import ConcurrentCompat, rq_signature
+from rqplus.faults import TRANSIENT
+from rqplus.queue import Queue
+from rqplus.recovery import hand_back, put_back_unstarted
+from rqplus.worker import Worker
+
+#: Environment variable giving the jobs a ThreadWorker or AsyncWorker runs at once.
+CONCURRENCY_ENV = "RQPLUS_CONCURRENCY"
+#: Seconds a job may run past its timeout (the thread was told to stop) before it is abandoned.
+ABANDON_GRACE = 5.0
+
+
+@dataclass(eq=False)
+class Running:
+    """One job this worker runs now: its execution, and who has claimed the right to record its end."""
+
+    job: Job
+    queue: Queue
+    execution: Execution
+    deadline: float | None  # time.monotonic() by which the job must have ended; None: no timeout
+    claimed: bool = False
+    ident: int | None = None  # the thread in the job's function, while it is there (see Watchdog)
+
+
+class Watchdog:
+    """One thread that stops jobs past their timeout, for workers that run jobs in threads.
+
+    At a job's deadline, ``JobTimeoutException`` is raised in its thread (as RQ's
+    ``TimerDeathPenalty`` does, without a timer thread per job); a job whose function has still
+    not returned ``ABANDON_GRACE`` seconds later (blocked in C code, or catching the exception) is
+    handed to ``on_abandon``.
+
+    Usage: ``dog = Watchdog(worker.abandon); dog.watch(run); ...; dog.unwatch(run)``
+    """
+
+    def __init__(self, on_abandon: Callable[[Running], None]) -> None:
+        self.on_abandon = on_abandon
+        self._due: list[tuple[float, int, Running]] = []
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, run: Running) -> None:
+        """The calling thread enters ``run``'s function now."""
+        with self._changed:
+            run.ident = threading.get_ident()
+            if run.deadline is None:
+                return
+            heapq.heappush(self._due, (run.deadline, id(run), run))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="rqplus-watchdog", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def unwatch(self, run: Running) -> None:
+        """``run``'s function has returned or raised."""
+        with self._changed:
+            run.ident = None
+
+    def _serve(self) -> None:
+        while True:
+            with self._changed:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._changed.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                deadline, _, run = heapq.heappop(self._due)
+                if run.ident is None:
+                    continue
+                if deadline == run.deadline:  # first: stop it
+                    raise_in_thread(run.ident, timeout_exception(run.job.timeout))
+                    heapq.heappush(self._due, (deadline + ABANDON_GRACE, id(run), run))
+                    continue
+            self.on_abandon(run)
+
+
+@functools.cache
+def timeout_exception(timeout: int | None) -> type[JobTimeoutException]:
+    """``JobTimeoutException`` carrying RQ's message for ``timeout``, raisable by class alone."""
+    message = f"Task exceeded maximum timeout value ({timeout} seconds)"
+    return type("JobTimeoutException", (JobTimeoutException,), {
+        "__init__": lambda self, *args: JobTimeoutException.__init__(self, message),
+        "__module__": JobTimeoutException.__module__})
+
+
+def raise_in_thread(ident: int, exception: type[BaseException]) -> None:
+    """Raise ``exception`` in thread ``ident`` at its next Python instruction (RQ's way, in
+    ``TimerDeathPenalty``; a thread blocked in C code sees it once the call returns)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exception))
+
+
+class DaemonThreads(Executor):
+    """An executor whose threads are daemons, started on demand and reused, at most ``limit`` (None:
+    one per task waiting). Daemons, unlike ``ThreadPoolExecutor``'s, never hold up the exit of a
+    worker whose abandoned job still blocks its thread.
+
+    Usage: ``DaemonThreads("rqplus-job").submit(print, "hi").result()``
+    """
+
+    def __init__(self, name: str, limit: int | None = None) -> None:
+        self.name, self.limit = name, limit
+        self._tasks: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = self._threads = self._waiting = 0  # waiting: tasks queued with no thread set aside
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+
+        def task() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as error:
+                    future.set_exception(error)
+
+        self._tasks.put(task)
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                return future
+            if self.limit is not None and self._threads >= self.limit:
+                self._waiting += 1
+                return future
+            self._threads += 1
+        threading.Thread(target=self._serve, name=f"{self.name}-{self._threads}", daemon=True).start()
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            self._tasks.get()()
+            with self._lock:
+                if self._waiting:
+                    self._waiting -= 1
+                else:
+                    self._idle += 1
+
+
+class ThreadWorker(ConcurrentCompat, Worker):
+    """An ``rqplus.Worker`` running up to ``concurrency`` jobs at once in threads.
+
+    The work loop (RQ's) fetches a job whenever a thread is free, blocking when the queues are
+    empty; threads run the jobs; the loop beats for every running job. A job past its timeout is
+    interrupted in its thread (see :class:`Watchdog`); one that still runs ``ABANDON_GRACE``
+    seconds later (blocked in C code) is abandoned: recorded failed with ``JobTimeoutException``,
+    its thread left to end on its own, its result ignored. Its siblings run on.
+
+    Stop: the first SIGTERM/SIGINT stops fetching and lets running jobs finish; a second one hands
+    every running job back to its queue (counted as a rescue) and exits.
+    """
+
+    concurrency = 8
+    death_penalty_class = TimerDeathPenalty  # for callbacks: RQ's alarm-based one works in the main thread only
+
+    def __init__(self, *args: Any, concurrency: int | None = None, **kwargs: Any) -> None:
+        chosen = os.environ.get(CONCURRENCY_ENV, self.concurrency) if concurrency is None else concurrency
+        try:
+            self.concurrency = int(chosen)
+        except (TypeError, ValueError):
+            raise ValueError(f"concurrency must be a whole number >= 1, got {chosen!r}") from None
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be a whole number >= 1, got {chosen!r}")
+        self._running: dict[str, Running] = {}  # execution id -> the job it runs
+        self._changed = threading.Condition()
+        self._last_beat = time.monotonic()
+        self._batching = True
+        self._threads = DaemonThreads("rqplus-job")
+        self.watchdog = Watchdog(self.abandon)
+        super().__init__(*args, **kwargs)
+
+    # -- the work loop's side ------------------------------------------------------------------
+
+    # RQ change: RQ runs the job to its end here; this starts it, with as many more ready jobs as
+    # there are free threads (one round trip to fetch them, one to record their starts), and
+    # returns as soon as a thread is free. A job fetched after a stop request goes back unstarted.
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        if self._stop_requested:
+            self.redis_call(put_back_unstarted, self.connection, queue, job.id)
+            return
+        batch = [(job, queue)]
+        free = self.concurrency - len(self._running) - 1
+        if free > 0 and self._batching:
+            batch += self.redis_call(self.queue_class.dequeue_many, self._ordered_queues, free, self.connection)
+        for run in self.record_starts(batch):
+            with self._changed:
+                self._running[run.execution.id] = run
+            self.start(run)
+        self.wait_while(lambda: len(self._running) >= self.concurrency)
+
+    # RQ change: with --max-jobs, one job per fetch (RQ counts the jobs it fetches one by one).
+    @rq_signature(RQWorker.work)
+    def work(self, **arguments: Any) -> bool:
+        self._batching = arguments.get("max_jobs") is None
+        return super().work(**arguments)
+
+    def record_starts(self, batch: list[tuple[Job, Queue]]) -> list[Running]:
+        """Record the start of each job in ``batch`` in one transaction: RQ's execution (started
+        registry), the job's status, start time and worker, out of the intermediate list. Redis
+        faults are waited out; an attempt whose reply was lost is undone before the next.
+
+        Usage: ``runs = worker.record_starts([(job, queue)])``
+        """
+        attempts = 0
+
+        def attempt() -> list[Running]:
+            nonlocal attempts
+            if attempts:
+                for job, _ in batch:
+                    self.drop_unconfirmed_executions(job)
+            attempts += 1
+            runs = []
+            with self.connection.pipeline() as pipeline:
+                for job, queue in batch:
+                    ttl = self.get_heartbeat_ttl(job)
+                    execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
+                    job.heartbeat(now(), ttl, pipeline=pipeline)
+                    job.prepare_for_execution(self.name, pipeline=pipeline)
+                    pipeline.persist(job.key)
+                    pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+                    timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
+                    deadline = None if timeout == -1 else time.monotonic() + timeout
+                    runs.append(Running(job, queue, execution, deadline))
+                self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+                self.heartbeat(self.job_monitoring_interval + 60, pipeline=pipeline)
+                pipeline.execute()
+            return runs
+
+        runs = self.redis_call(attempt)
+        started = getattr(self, "executions", None)  # rq 3.0's index of the worker's executions
+        if started is not None:
+            started.update((run.execution.id, run.execution) for run in runs)
+        return runs
+
+    def start(self, run: Running) -> None:
+        """Run ``run``'s job to its end in a thread (AsyncWorker: on its event loop)."""
+        self._threads.submit(self.perform, run)
+
+    def wait_while(self, busy: Any) -> None:
+        """Block while ``busy()`` is true, beating for the running jobs and abandoning overdue ones."""
+        while True:
+            with self._changed:
+                if not busy():
+                    return
+                self._changed.wait(timeout=1.0)
+            self.tend()
+
+    def tend(self) -> None:
+        """Heartbeats for this worker and its running jobs, when due."""
+        if time.monotonic() - self._last_beat >= min(self.job_monitoring_interval, self.rescue_interval):
+            self.heartbeat()
+
+    # RQ change: RQ's loop beats after each job; here at most once a second (the TTLs it renews
+    # are 35 s and more), as a batch of jobs starts and ends in less.
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is None and time.monotonic() - self._last_beat < 1.0:
+            return
+        super().heartbeat(timeout, pipeline)
+
+    # RQ change: a beat also covers every running job (RQ's work-horse monitor beats for its one
+    # job); one round trip for all of them.
+    def _beat(self, timeout: int | None) -> None:
+        self._last_beat = time.monotonic()
+        running = list(self._running.values())
+        if not running:
+            return super()._beat(timeout)
+        ttl = self.job_monitoring_interval + 60
+        with self.connection.pipeline(transaction=False) as pipeline:
+            super().heartbeat(ttl, pipeline)
+            for run in running:
+                run.execution.heartbeat(run.job.started_job_registry, ttl, pipeline=pipeline)
+                run.job.heartbeat(now(), ttl, pipeline=pipeline, xx=True)
+            pipeline.execute()
+
+    # RQ change: the worker reads as busy while any of its jobs runs (RQ's loop marks it idle
+    # whenever it waits for the next job, which this worker does while others run).
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        if state == WorkerStatus.IDLE and self._running:
+            state = WorkerStatus.BUSY
+        super().set_state(state, pipeline)
+
+    # RQ change: before the worker deregisters (a stop, the end of a burst), its running jobs end.
+    def teardown(self) -> None:
+        self.wait_while(lambda: bool(self._running))
+        super().teardown()
+
+    # RQ change: in burst mode, an empty queue ends the run only once the running jobs have ended
+    # (they may enqueue more: dependents, retries).
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        while True:
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            if result is not None or timeout is not None or not self._running:
+                return result
+            self.wait_while(lambda: bool(self._running))
+
+    # RQ change: a cold shutdown hands every running job back to its queue at once (RQ kills its
+    # one work-horse; rqplus.Worker hands that job back).
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        try:
+            super().request_force_stop(signum, frame)
+        except SystemExit:
+            for run in list(self._running.values()):
+                if self.claim(run):
+                    try:
+                        hand_back(self.connection, run.queue, run.job.id, run.execution.id, self.name,
+                                  self.max_rescues)
+                    except TRANSIENT as error:
+                        self.log.warning("Worker %s: could not hand back job %s (%s): left to the rescue by a "
+                                         "live worker", self.name, run.job.id, error)
+            raise
+
+    # -- a job's side ---------------------------------------------------------------------------
+
+    def claim(self, run: Running) -> bool:
+        """Take the right to record ``run``'s end; False if someone else (abandon, hand-back) has it."""
+        with self._changed:
+            if run.claimed:
+                return False
+            run.claimed = True
+            return True
+
+    def release(self, run: Running) -> None:
+        """``run`` has ended: free its place."""
+        with self._changed:
+            self._running.pop(run.execution.id, None)
+            self._changed.notify_all()
+
+    def perform(self, run: Running) -> None:
+        """Run ``run``'s job in this thread, as RQ's ``perform_job`` does, and record its end."""
+        job = run.job
+        try:
+            if not self.begin(run):
+                return
+            try:
+                self.watchdog.watch(run)
+                try:
+                    return_value = job.perform()
+                finally:
+                    self.watchdog.unwatch(run)
+            except BaseException:
+                self.end(run, exc_info=sys.exc_info())
+            else:
+                self.end(run, return_value=return_value)
+        except Exception:  # the bookkeeping itself failed: the job stays held, for the rescue
+            self.log.exception("Worker %s: recording job %s failed", self.name, job.id)
+        finally:
+            self.release(run)
+
+    def begin(self, run: Running) -> bool:
+        """In ``run``'s thread, before the call: False (and the job failed) if the allow-list refuses it."""
+        job, queue = run.job, run.queue
+        self.bind(run)
+        reason = refusal(job)
+        if reason is not None:
+            if self.claim(run):
+                self.refuse(job, queue, reason, **self.execution_argument(run.execution))
+            return False
+        job.started_at = now()
+        return True
+
+    def end(self, run: Running, return_value: Any = None, exc_info: Any = None) -> None:
+        """Record ``run``'s outcome with RQ's own steps, unless it was abandoned or handed back."""
+        if not self.claim(run):
+            self.log.warning("Worker %s: job %s ended after it was abandoned or handed back; its outcome is "
+                             "dropped", self.name, run.job.id)
+            return
+        self.bind(run)
+        if exc_info is None:
+            try:
+                self.finalize_success(run.job, run.queue, run.execution, return_value)
+                return
+            except Exception:  # as RQ: a result that cannot be saved fails the job
+                exc_info = sys.exc_info()
+        self.finalize_failure(run.job, run.queue, run.execution, exc_info)
+
+    def abandon(self, run: Running) -> None:
+        """Record a job still running far past its timeout as failed; its thread runs on unwatched."""
+        if not self.claim(run):
+            return
+        self.log.error("Worker %s: job %s still runs %.0f s past its timeout: abandoned, recorded failed",
+                       self.name, run.job.id, ABANDON_GRACE)
+        error = JobTimeoutException(f"Task exceeded maximum timeout value ({run.job.timeout} seconds) and did not "
+                                    f"stop within {ABANDON_GRACE:.0f} s: abandoned")
+        try:
+            self.bind(run)
+            self.finalize_failure(run.job, run.queue, run.execution, (JobTimeoutException, error, None))
+        finally:
+            self.release(run)
+
