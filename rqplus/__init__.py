@@ -12,6 +12,7 @@ Usage::
 and on the command line: ``rq worker -w rqplus.Worker --queue-class rqplus.Queue emails``.
 """
 
+from rqplus.async_worker import AsyncWorker
 from rqplus.defaults import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from rqplus.exceptions import DurabilityError, ForbiddenJobError, UnknownQueueError, UnsafePickleError, WorkLoopError
 from rqplus.priority import priority_of
@@ -21,7 +22,7 @@ from rqplus.thread_worker import ThreadWorker
 from rqplus.worker import Worker
 
 __all__ = [
-    "DEFAULT_PRIORITY", "MAX_PRIORITY", "MIN_PRIORITY", "DurabilityError", "ForbiddenJobError", "Queue",
+    "AsyncWorker", "DEFAULT_PRIORITY", "MAX_PRIORITY", "MIN_PRIORITY", "DurabilityError", "ForbiddenJobError", "Queue",
     "TaskDefaults", "ThreadWorker", "UnknownQueueError", "UnsafePickleError", "Worker", "WorkLoopError", "priority_of", "task",
 ]
 __version__ = "0.1.0"

@@ -14,10 +14,11 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import rq
@@ -146,6 +147,25 @@ else:
             finally:
                 assert self is _job_stack.pop()
             return self._result
+
+
+if RQ3:
+    from rq.job import _current_job
+
+    @contextlib.contextmanager
+    def current_job(job: Any) -> Iterator[None]:
+        """``rq.get_current_job()`` is ``job`` inside (rq 3.0 keeps it in a context variable, so each
+        asyncio task of an AsyncWorker sees its own job)."""
+        token = _current_job.set(job)
+        try:
+            yield
+        finally:
+            _current_job.reset(token)
+else:
+    @contextlib.contextmanager
+    def current_job(job: Any) -> Iterator[None]:  # rq 2.12 keeps it per thread: nothing to do in a task
+        """rq 2.12: ``rq.get_current_job()`` returns None inside an AsyncWorker's coroutine jobs."""
+        yield
 
 
 if RQ3:

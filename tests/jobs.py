@@ -125,3 +125,11 @@ def note_run(tag: str, seconds: float = 0.0) -> str:
         out.write(f"{tag}\n")
     time.sleep(seconds)
     return tag
+
+
+async def sleep_async(tag: str, seconds: float = 0.0) -> str:
+    """``record``, then ``await asyncio.sleep(seconds)``: an I/O-bound coroutine job."""
+    import asyncio
+    record(tag)
+    await asyncio.sleep(seconds)
+    return tag

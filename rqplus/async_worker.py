@@ -1,0 +1,99 @@
+"""``rqplus.AsyncWorker``: ``async def`` jobs, up to N at once on one event loop of one worker process.
+
+For hundreds to thousands of concurrent I/O-bound jobs (HTTP calls, chat, scraping). A job whose
+function is a coroutine function runs on the worker's event loop, stopped at its timeout by
+cancellation; a plain function runs in a thread (so it never blocks the loop), stopped as in
+:class:`rqplus.ThreadWorker`. Both may share one queue. Everything else (fetching in priority
+order, executions, heartbeats, results, ``Retry``, callbacks, rescue, stop) is ThreadWorker's.
+``job.return_value()`` holds what the coroutine returned.
+
+Usage::
+
+    RQPLUS_CONCURRENCY=500 rq worker -w rqplus.AsyncWorker --queue-class rqplus.Queue crawl
+
+or from Python: ``rqplus.AsyncWorker(["crawl"], connection=redis, concurrency=500).work()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import sys
+import threading
+from typing import Any
+
+from rqplus.compat import current_job
+from rqplus.thread_worker import DaemonThreads, Running, ThreadWorker, timeout_exception
+
+#: Threads for plain (not ``async def``) job functions and for recording jobs' ends, at most.
+THREADS = 32
+
+
+class AsyncWorker(ThreadWorker):
+    """An ``rqplus.ThreadWorker`` whose jobs run on an asyncio event loop (see the module's docstring)."""
+
+    concurrency = 100
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._threads = DaemonThreads("rqplus-async", limit=min(self.concurrency, THREADS))
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the jobs run on, in a thread of its own, started on first use."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, name="rqplus-event-loop", daemon=True).start()
+        return self._loop
+
+    def start(self, run: Running) -> None:
+        asyncio.run_coroutine_threadsafe(self.perform_async(run), self.loop)
+
+    async def perform_async(self, run: Running) -> None:
+        """``ThreadWorker.perform`` on the loop: the function awaited here, the bookkeeping in threads."""
+        loop, job = asyncio.get_running_loop(), run.job
+        try:
+            if not await loop.run_in_executor(self._threads, self.begin, run):
+                return
+            try:
+                return_value = await self.call(run)
+            except BaseException:
+                outcome: dict[str, Any] = {"exc_info": sys.exc_info()}
+            else:
+                outcome = {"return_value": return_value}
+            await loop.run_in_executor(self._threads, functools.partial(self.end, run, **outcome))
+        except Exception:  # the bookkeeping itself failed: the job stays held, for the rescue
+            self.log.exception("Worker %s: recording job %s failed", self.name, job.id)
+        finally:
+            self.release(run)
+
+    async def call(self, run: Running) -> Any:
+        """Run ``run``'s function: awaited on the loop if it is a coroutine function, else in a
+        thread; either way stopped at the job's timeout."""
+        job, timeout = run.job, run.job.timeout or self.queue_class.DEFAULT_TIMEOUT
+        if not is_coroutine_function(job.func):
+            return await asyncio.get_running_loop().run_in_executor(self._threads, self.perform_sync, run)
+        coroutine = job.func(*job.args, **job.kwargs)
+        with current_job(job):
+            try:
+                return await asyncio.wait_for(coroutine, None if timeout == -1 else timeout)
+            except asyncio.TimeoutError:
+                raise timeout_exception(job.timeout)() from None
+
+    def perform_sync(self, run: Running) -> Any:
+        """A plain function's call, in a thread, watched as ThreadWorker's jobs are."""
+        self.watchdog.watch(run)
+        try:
+            return run.job.perform()
+        finally:
+            self.watchdog.unwatch(run)
+
+
+def is_coroutine_function(func: Any) -> bool:
+    """True for an ``async def`` function, also behind ``functools.partial`` or as a bound method."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func)
+
