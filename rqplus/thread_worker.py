@@ -71,8 +71,8 @@ class Watchdog:
     Usage: ``dog = Watchdog(worker.abandon); dog.watch(run); ...; dog.unwatch(run)``
     """
 
-    def __init__(self, on_abandon: Callable[[Running], None]) -> None:
-        self.on_abandon = on_abandon
+    def __init__(self, on_abandon: Callable[[Running], None], grace: float = ABANDON_GRACE) -> None:
+        self.on_abandon, self.grace = on_abandon, grace
         self._due: list[tuple[float, int, Running]] = []
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -104,7 +104,7 @@ class Watchdog:
                     continue
                 if deadline == run.deadline:  # first: stop it
                     raise_in_thread(run.ident, timeout_exception(run.job.timeout))
-                    heapq.heappush(self._due, (deadline + ABANDON_GRACE, id(run), run))
+                    heapq.heappush(self._due, (deadline + self.grace, id(run), run))
                     continue
             self.on_abandon(run)
 
@@ -184,6 +184,7 @@ class ThreadWorker(ConcurrentCompat, Worker):
     """
 
     concurrency = 8
+    abandon_grace = ABANDON_GRACE
     death_penalty_class = TimerDeathPenalty  # for callbacks: RQ's alarm-based one works in the main thread only
 
     def __init__(self, *args: Any, concurrency: int | None = None, **kwargs: Any) -> None:
@@ -199,7 +200,7 @@ class ThreadWorker(ConcurrentCompat, Worker):
         self._last_beat = time.monotonic()
         self._batching = True
         self._threads = DaemonThreads("rqplus-job")
-        self.watchdog = Watchdog(self.abandon)
+        self.watchdog = Watchdog(self.abandon, self.abandon_grace)
         super().__init__(*args, **kwargs)
 
     # -- the work loop's side ------------------------------------------------------------------
@@ -283,10 +284,11 @@ class ThreadWorker(ConcurrentCompat, Worker):
         if time.monotonic() - self._last_beat >= min(self.job_monitoring_interval, self.rescue_interval):
             self.heartbeat()
 
-    # RQ change: RQ's loop beats after each job; here at most once a second (the TTLs it renews
-    # are 35 s and more), as a batch of jobs starts and ends in less.
+    # RQ change: RQ's loop beats after each job; here at most twice a second (the TTLs it renews
+    # are 7 s and more), as a batch of jobs starts and ends in less. The rescue pass stays on time.
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        if pipeline is None and time.monotonic() - self._last_beat < 1.0:
+        if pipeline is None and time.monotonic() - self._last_beat < 0.5:
+            self.rescue_if_due()
             return
         super().heartbeat(timeout, pipeline)
 
@@ -340,6 +342,7 @@ class ThreadWorker(ConcurrentCompat, Worker):
                     except TRANSIENT as error:
                         self.log.warning("Worker %s: could not hand back job %s (%s): left to the rescue by a "
                                          "live worker", self.name, run.job.id, error)
+                    self.release(run)
             raise
 
     # -- a job's side ---------------------------------------------------------------------------
@@ -411,9 +414,9 @@ class ThreadWorker(ConcurrentCompat, Worker):
         if not self.claim(run):
             return
         self.log.error("Worker %s: job %s still runs %.0f s past its timeout: abandoned, recorded failed",
-                       self.name, run.job.id, ABANDON_GRACE)
+                       self.name, run.job.id, self.abandon_grace)
         error = JobTimeoutException(f"Task exceeded maximum timeout value ({run.job.timeout} seconds) and did not "
-                                    f"stop within {ABANDON_GRACE:.0f} s: abandoned")
+                                    f"stop within {self.abandon_grace:g} s: abandoned")
         try:
             self.bind(run)
             self.finalize_failure(run.job, run.queue, run.execution, (JobTimeoutException, error, None))

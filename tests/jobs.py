@@ -127,9 +127,41 @@ def note_run(tag: str, seconds: float = 0.0) -> str:
     return tag
 
 
+#: Environment variable with the Redis URL coroutine jobs record to (rq 2.12 has no current job in them).
+REDIS_URL_ENV = "RQPLUS_TEST_REDIS_URL"
+
+
+def _connection(job=None):
+    from redis import Redis
+    return job.connection if job is not None else Redis.from_url(os.environ[REDIS_URL_ENV])
+
+
 async def sleep_async(tag: str, seconds: float = 0.0) -> str:
-    """``record``, then ``await asyncio.sleep(seconds)``: an I/O-bound coroutine job."""
+    """Record ``tag`` (as ``record``), then ``await asyncio.sleep(seconds)``: an I/O-bound coroutine job."""
     import asyncio
-    record(tag)
+    _connection(get_current_job()).rpush(RAN_KEY, tag)
     await asyncio.sleep(seconds)
+    return tag
+
+
+def slow_first_run(tag: str, seconds: float) -> str:
+    """``count_run``, sleeping ``seconds`` on the first run of ``tag`` only (a rescued re-run is quick)."""
+    runs = get_current_job().connection.hincrby("test:runs", tag, 1)
+    return record(tag, seconds if runs == 1 else 0.0)
+
+
+def spin(seconds: float) -> None:
+    """Busy Python code for ``seconds`` (a timeout interrupts it between instructions)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+async def sleep_async_first_run(tag: str, seconds: float) -> str:
+    """``slow_first_run`` as a coroutine: ``await asyncio.sleep`` on the first run only."""
+    import asyncio
+    connection = _connection(get_current_job())
+    runs = connection.hincrby("test:runs", tag, 1)
+    connection.rpush(RAN_KEY, tag)
+    await asyncio.sleep(seconds if runs == 1 else 0.0)
     return tag

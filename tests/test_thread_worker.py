@@ -1,0 +1,139 @@
+"""rqplus.ThreadWorker (and, where the behaviour lives in thread_worker.py, AsyncWorker): jobs at once,
+priority order, timeouts, the allow-list, crashes and stops, against a real Redis and real processes."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections import Counter
+
+import pytest
+from rq import Queue as RQQueue
+
+from rqplus import AsyncWorker, Queue, ThreadWorker
+from tests.conftest import wait_for
+from tests.jobs import REDIS_URL_ENV, WAITING_KEY, ran
+
+CLASSES = {"rqplus.ThreadWorker": "tests.jobs.slow_first_run", "rqplus.AsyncWorker": "tests.jobs.sleep_async_first_run"}
+
+
+def overlapped(jobs) -> bool:
+    """True when every job started before any of them ended: they all ran at once."""
+    for job in jobs:
+        job.refresh()
+    return max(job.started_at for job in jobs) < min(job.ended_at for job in jobs)
+
+
+def test_rq_worker_cli_runs_n_jobs_at_once(redis, redis_server, processes):
+    queue = Queue("work", connection=redis)
+    jobs = [queue.enqueue("tests.jobs.record", f"t{n}", 1.0) for n in range(8)]
+    proc = processes.rq_worker(redis_server.url, "work", worker_class="rqplus.ThreadWorker",
+                               env={"RQPLUS_CONCURRENCY": "8"})
+    out = processes.finish(proc, 60)
+    assert proc.returncode == 0, out
+    assert all(job.get_status(refresh=True) == "finished" for job in jobs)
+    assert overlapped(jobs)
+    assert [job.return_value() for job in jobs] == [f"t{n}" for n in range(8)]
+
+
+def test_no_job_starts_while_a_more_urgent_one_waits(redis):
+    queue = Queue("work", connection=redis)
+    priorities = {}
+    for n in range(24):
+        p = (n * 7) % 10
+        priorities[queue.enqueue("tests.jobs.record_waiting", f"job{n}", 0.1, priority=p).args[0]] = p
+    ThreadWorker([queue], connection=redis, concurrency=3).work(burst=True)
+    started = [priorities[tag] for tag in ran(redis)]
+    waiting = [int(p) for p in redis.lrange(WAITING_KEY, 0, -1)]
+    assert len(started) == 24
+    for priority, most_urgent in zip(started, waiting):
+        assert priority <= most_urgent, f"a priority {priority} job started while a priority {most_urgent} job waited"
+
+
+def test_a_job_past_its_timeout_is_stopped_or_abandoned_and_its_siblings_finish(redis):
+    queue = Queue("work", connection=redis)
+    spinning = queue.enqueue("tests.jobs.spin", 30, job_timeout=1)
+    sleeping = queue.enqueue("tests.jobs.record", "asleep", 30, job_timeout=1)  # blocked in C: abandoned
+    siblings = [queue.enqueue("tests.jobs.record", f"s{n}", 2.0) for n in range(3)]
+    worker = ThreadWorker([queue], connection=redis, concurrency=5)
+    worker.abandon_grace = 1
+    worker.watchdog.grace = 1
+    worker.work(burst=True)
+    assert spinning.get_status(refresh=True) == "failed"
+    assert "JobTimeoutException" in spinning.latest_result().exc_string
+    assert "abandoned" not in spinning.latest_result().exc_string
+    assert sleeping.get_status(refresh=True) == "failed"
+    assert "abandoned" in sleeping.latest_result().exc_string
+    assert all(job.get_status(refresh=True) == "finished" for job in siblings)
+    assert queue.started_job_registry.count == 0
+
+
+@pytest.mark.parametrize("worker_class", [ThreadWorker, AsyncWorker])
+def test_the_allow_list_refuses_what_it_refuses_elsewhere(redis, tmp_path, worker_class):
+    target = tmp_path / "pwned"
+    walked = RQQueue("work", connection=redis).enqueue("tests.jobs.os.system", f"touch {target}")
+    reexported = RQQueue("work", connection=redis).enqueue("tests.jobs.reexported")
+    fine = Queue("work", connection=redis).enqueue("tests.jobs.record", "fine")
+    worker_class([Queue("work", connection=redis)], connection=redis, concurrency=4).work(burst=True)
+    for job in (walked, reexported):
+        assert job.get_status(refresh=True) == "failed"
+        assert "allow" in job.latest_result().exc_string.lower()
+    assert not target.exists() and ran(redis) == ["fine"] and fine.get_status(refresh=True) == "finished"
+
+
+@pytest.mark.parametrize("worker_class", CLASSES)
+def test_a_sigkilled_worker_with_50_jobs_in_flight_loses_none(redis, redis_server, processes, worker_class):
+    queue = Queue("work", connection=redis)
+    jobs = [queue.enqueue(CLASSES[worker_class], f"j{n}", 60) for n in range(50)]
+    env = {"RQPLUS_CONCURRENCY": "50", "RQPLUS_RESCUE_INTERVAL": "1", REDIS_URL_ENV: redis_server.url}
+    busy = processes.rq_worker(redis_server.url, "work", worker_class=worker_class, burst=False,
+                               extra=("--job-monitoring-interval", "2"), env=env)
+    wait_for(lambda: len(ran(redis)) == 50, timeout=60)  # all 50 in their functions
+    processes.kill_group(busy)
+    rescuer = processes.rq_worker(redis_server.url, "work", worker_class=worker_class, burst=False,
+                                  extra=("--job-monitoring-interval", "2"), env=env)  # waits 12 s on a new Redis
+    wait_for(lambda: all(job.get_status(refresh=True) == "finished" for job in jobs), timeout=90)
+    runs = Counter(ran(redis))
+    assert runs == Counter({f"j{n}": 2 for n in range(50)}), "each ran once, killed, and once again after its rescue"
+    assert rescuer.poll() is None and queue.started_job_registry.count == 0
+
+
+@pytest.mark.parametrize("worker_class", CLASSES)
+def test_sigterm_lets_running_jobs_finish_and_starts_no_more(redis, redis_server, processes, worker_class):
+    queue = Queue("work", connection=redis)
+    running = [queue.enqueue(CLASSES[worker_class], f"r{n}", 2) for n in range(4)]
+    proc = processes.rq_worker(redis_server.url, "work", worker_class=worker_class, burst=False,
+                               env={"RQPLUS_CONCURRENCY": "4", REDIS_URL_ENV: redis_server.url})
+    wait_for(lambda: len(ran(redis)) == 4, timeout=60)
+    waiting = queue.enqueue("tests.jobs.record", "waiting")
+    proc.send_signal(signal.SIGTERM)
+    out = processes.finish(proc, 60)
+    assert proc.returncode == 0, out
+    assert all(job.get_status(refresh=True) == "finished" for job in running)
+    assert waiting.get_status(refresh=True) == "queued" and queue.get_job_ids() == [waiting.id]
+
+
+def test_a_second_signal_hands_running_jobs_back(redis, redis_server, processes):
+    queue = Queue("work", connection=redis)
+    jobs = [queue.enqueue("tests.jobs.slow_first_run", f"h{n}", 60) for n in range(4)]
+    proc = processes.rq_worker(redis_server.url, "work", worker_class="rqplus.ThreadWorker", burst=False,
+                               env={"RQPLUS_CONCURRENCY": "4"})
+    wait_for(lambda: len(ran(redis)) == 4, timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    threading.Event().wait(1.5)  # RQ ignores a second signal within 1 s of the first
+    proc.send_signal(signal.SIGTERM)
+    processes.finish(proc, 30)
+    assert sorted(queue.get_job_ids()) == sorted(job.id for job in jobs)
+    assert all(job.get_status(refresh=True) == "queued" for job in jobs)
+    assert queue.started_job_registry.count == 0
+    assert [redis.hget(job.key, "rescues") for job in jobs] == [b"1"] * 4
+
+
+def test_concurrency_must_be_a_whole_number_of_at_least_one(redis, monkeypatch):
+    with pytest.raises(ValueError, match="concurrency"):
+        ThreadWorker(["work"], connection=redis, concurrency=0)
+    monkeypatch.setenv("RQPLUS_CONCURRENCY", "many")
+    with pytest.raises(ValueError, match="'many'"):
+        ThreadWorker(["work"], connection=redis)
+    monkeypatch.setenv("RQPLUS_CONCURRENCY", "12")
+    assert ThreadWorker(["work"], connection=redis).concurrency == 12
