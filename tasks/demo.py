@@ -18,6 +18,7 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -55,6 +56,15 @@ def work(seconds: float, label: str) -> str:
     Usage: ``queue.enqueue(work, 0.3, "p0#1", priority=0)``
     """
     time.sleep(seconds)
+    return label
+
+
+async def fetch(seconds: float, label: str) -> str:
+    """The demo coroutine job, for ``rqplus.AsyncWorker``: ``await asyncio.sleep(seconds)``, return ``label``.
+
+    Usage: ``queue.enqueue(fetch, 0.05, "page 1")``
+    """
+    await asyncio.sleep(seconds)
     return label
 
 
