@@ -53,9 +53,9 @@ class AsyncWorker(ThreadWorker):
 
     async def perform_async(self, run: Running) -> None:
         """``ThreadWorker.perform`` on the loop: the function awaited here, the bookkeeping in threads."""
-        loop, job = asyncio.get_running_loop(), run.job
+        loop, job, handed_over = asyncio.get_running_loop(), run.job, False
         try:
-            if not await loop.run_in_executor(self._threads, self.begin, run):
+            if not self.begin(run):  # a refused job is recorded failed here: rare, and one transaction
                 return
             try:
                 return_value = await self.call(run)
@@ -63,11 +63,15 @@ class AsyncWorker(ThreadWorker):
                 outcome: dict[str, Any] = {"exc_info": sys.exc_info()}
             else:
                 outcome = {"return_value": return_value}
-            await loop.run_in_executor(self._threads, functools.partial(self.end, run, **outcome))
+            if "exc_info" not in outcome and self.batchable(job, outcome["return_value"]):
+                handed_over = self.end(run, **outcome)  # queued for the batch: no Redis call here
+            else:
+                handed_over = await loop.run_in_executor(self._threads, functools.partial(self.end, run, **outcome))
         except Exception:  # the bookkeeping itself failed: the job stays held, for the rescue
             self.log.exception("Worker %s: recording job %s failed", self.name, job.id)
         finally:
-            self.release(run)
+            if not handed_over:
+                self.release(run)
 
     async def call(self, run: Running) -> Any:
         """Run ``run``'s function: awaited on the loop if it is a coroutine function, else in a

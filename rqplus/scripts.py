@@ -385,6 +385,13 @@ end
 return found
 """
 
+# Which of KEYS exist: {1 or 0, ...} in KEYS' order (EXISTS of several keys only counts them).
+EACH_EXISTS = """
+local found = {}
+for i, key in ipairs(KEYS) do found[i] = redis.call('EXISTS', key) end
+return found
+"""
+
 # Finds jobs that no live worker holds, for `rqplus.recovery`. Read only.
 # KEYS[2i-1], KEYS[2i] = started registry (rq:wip:<name>) and intermediate list of queue i
 # ARGV[1] = execution hash key prefix (rq:execution:); an entry's worker is the execution's

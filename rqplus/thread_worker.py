@@ -28,22 +28,29 @@ from dataclasses import dataclass
 from queue import SimpleQueue
 from typing import Any
 
+from redis.client import Pipeline
+from redis.exceptions import WatchError
 from rq import Worker as RQWorker
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus, Retry
+from rq.logutils import blue, green
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 from rq.utils import now
 from rq.worker import WorkerStatus
 
 from rqplus.allowlist import refusal
-from rqplus.compat import ConcurrentCompat, rq_signature
+from rqplus.compat import ConcurrentCompat, rate_limited, rq_signature
 from rqplus.faults import TRANSIENT
 from rqplus.queue import Queue
 from rqplus.recovery import hand_back, put_back_unstarted
+from rqplus.scripts import EACH_EXISTS
+from rqplus.scripts import run as run_script
 from rqplus.worker import Worker
 
 #: Environment variable giving the jobs a ThreadWorker or AsyncWorker runs at once.
 CONCURRENCY_ENV = "RQPLUS_CONCURRENCY"
+#: Most successes recorded in one transaction.
+SUCCESS_BATCH = 500
 #: Seconds a job may run past its timeout (the thread was told to stop) before it is abandoned.
 ABANDON_GRACE = 5.0
 
@@ -201,26 +208,36 @@ class ThreadWorker(ConcurrentCompat, Worker):
         self._batching = True
         self._threads = DaemonThreads("rqplus-job")
         self.watchdog = Watchdog(self.abandon, self.abandon_grace)
+        self.successes: SimpleQueue[tuple[Running, Any]] = SimpleQueue()
+        self._recorder: threading.Thread | None = None
         super().__init__(*args, **kwargs)
 
     # -- the work loop's side ------------------------------------------------------------------
 
     # RQ change: RQ runs the job to its end here; this starts it, with as many more ready jobs as
-    # there are free threads (one round trip to fetch them, one to record their starts), and
-    # returns as soon as a thread is free. A job fetched after a stop request goes back unstarted.
+    # there are free threads (one round trip to fetch them, one to record their starts), and goes
+    # on fetching while jobs are ready, for up to a second; then RQ's loop takes over again (its
+    # checks, and a blocking wait when the queues are empty). A job fetched after a stop request
+    # goes back unstarted.
     def execute_job(self, job: Job, queue: Queue) -> None:
         if self._stop_requested:
             self.redis_call(put_back_unstarted, self.connection, queue, job.id)
             return
-        batch = [(job, queue)]
-        free = self.concurrency - len(self._running) - 1
-        if free > 0 and self._batching:
-            batch += self.redis_call(self.queue_class.dequeue_many, self._ordered_queues, free, self.connection)
-        for run in self.record_starts(batch):
-            with self._changed:
-                self._running[run.execution.id] = run
-            self.start(run)
-        self.wait_while(lambda: len(self._running) >= self.concurrency)
+        batch, until = [(job, queue)], time.monotonic() + 1.0
+        while True:
+            free = self.concurrency - len(self._running) - len(batch)
+            if free > 0 and self._batching:
+                batch += self.redis_call(self.queue_class.dequeue_many, self._ordered_queues, free, self.connection)
+            if not batch:  # the queues are empty: RQ's loop waits for the next job
+                return
+            for run in self.record_starts(batch):
+                with self._changed:
+                    self._running[run.execution.id] = run
+                self.start(run)
+            self.wait_while(lambda: len(self._running) >= self.concurrency)
+            if not self._batching or self._stop_requested or time.monotonic() > until:
+                return
+            batch = []
 
     # RQ change: with --max-jobs, one job per fetch (RQ counts the jobs it fetches one by one).
     @rq_signature(RQWorker.work)
@@ -309,9 +326,12 @@ class ThreadWorker(ConcurrentCompat, Worker):
 
     # RQ change: the worker reads as busy while any of its jobs runs (RQ's loop marks it idle
     # whenever it waits for the next job, which this worker does while others run).
+    # Unchanged, the state is not written again.
     def set_state(self, state: str, pipeline: Any = None) -> None:
         if state == WorkerStatus.IDLE and self._running:
             state = WorkerStatus.BUSY
+        if pipeline is None and state == self._state:
+            return
         super().set_state(state, pipeline)
 
     # RQ change: before the worker deregisters (a stop, the end of a burst), its running jobs end.
@@ -363,7 +383,7 @@ class ThreadWorker(ConcurrentCompat, Worker):
 
     def perform(self, run: Running) -> None:
         """Run ``run``'s job in this thread, as RQ's ``perform_job`` does, and record its end."""
-        job = run.job
+        job, handed_over = run.job, False
         try:
             if not self.begin(run):
                 return
@@ -374,13 +394,14 @@ class ThreadWorker(ConcurrentCompat, Worker):
                 finally:
                     self.watchdog.unwatch(run)
             except BaseException:
-                self.end(run, exc_info=sys.exc_info())
+                handed_over = self.end(run, exc_info=sys.exc_info())
             else:
-                self.end(run, return_value=return_value)
+                handed_over = self.end(run, return_value=return_value)
         except Exception:  # the bookkeeping itself failed: the job stays held, for the rescue
             self.log.exception("Worker %s: recording job %s failed", self.name, job.id)
         finally:
-            self.release(run)
+            if not handed_over:
+                self.release(run)
 
     def begin(self, run: Running) -> bool:
         """In ``run``'s thread, before the call: False (and the job failed) if the allow-list refuses it."""
@@ -394,12 +415,27 @@ class ThreadWorker(ConcurrentCompat, Worker):
         job.started_at = now()
         return True
 
-    def end(self, run: Running, return_value: Any = None, exc_info: Any = None) -> None:
-        """Record ``run``'s outcome with RQ's own steps, unless it was abandoned or handed back."""
+    def end(self, run: Running, return_value: Any = None, exc_info: Any = None) -> bool:
+        """Record ``run``'s outcome, unless it was abandoned or handed back. A plain success (see
+        :meth:`batchable`) is handed to the thread that records successes in batches: True then
+        (that thread frees the job's place); else RQ's own steps record it here.
+        """
         if not self.claim(run):
             self.log.warning("Worker %s: job %s ended after it was abandoned or handed back; its outcome is "
                              "dropped", self.name, run.job.id)
-            return
+            return False
+        if exc_info is None and self.batchable(run.job, return_value):
+            run.job.ended_at, run.job._result = now(), return_value
+            self.successes.put((run, return_value))
+            if self._recorder is None:
+                self._recorder = threading.Thread(target=self._record_successes, name="rqplus-results", daemon=True)
+                self._recorder.start()
+            return True
+        self.record_end(run, return_value, exc_info)
+        return False
+
+    def record_end(self, run: Running, return_value: Any = None, exc_info: Any = None) -> None:
+        """RQ's own end of a job: ``Retry``, callbacks, dependents, result, failure."""
         self.bind(run)
         if exc_info is None:
             try:
@@ -408,6 +444,78 @@ class ThreadWorker(ConcurrentCompat, Worker):
             except Exception:  # as RQ: a result that cannot be saved fails the job
                 exc_info = sys.exc_info()
         self.finalize_failure(run.job, run.queue, run.execution, exc_info)
+
+    @staticmethod
+    def batchable(job: Job, return_value: Any) -> bool:
+        """True for a success RQ records with writes alone: no ``Retry`` returned, no success
+        callback, webhook, repeat or rate limit (dependents are checked as the batch is written)."""
+        return not (isinstance(return_value, Retry) or job._success_callback_name or getattr(job, "webhooks", None)
+                    or (job.repeats_left or 0) > 0 or rate_limited(job))
+
+    def _record_successes(self) -> None:
+        while True:
+            batch = [self.successes.get()]
+            while len(batch) < SUCCESS_BATCH and not self.successes.empty():
+                batch.append(self.successes.get())
+            try:
+                for run, return_value in self.redis_call(self.record_successes, batch):
+                    self.record_end(run, return_value)
+            except Exception:  # the jobs stay held, for the rescue
+                self.log.exception("Worker %s: recording %d finished jobs failed", self.name, len(batch))
+            finally:
+                for run, _ in batch:
+                    self.release(run)
+
+    def record_successes(self, batch: list[tuple[Running, Any]]) -> list[tuple[Running, Any]]:
+        """Record the successes in ``batch`` in one transaction, with the writes of RQ's
+        ``handle_execution_ended`` and ``handle_job_success`` for each; return those left to RQ's
+        own steps: a job that has dependents (watched, as RQ does) or whose result cannot be saved.
+
+        Usage: ``left = worker.record_successes([(run, return_value)])``
+        """
+        keys = [run.job.dependents_key for run, _ in batch]
+        with self.connection.pipeline() as pipeline:
+            while True:
+                try:
+                    pipeline.watch(*keys)
+                    with_dependents = run_script(pipeline, EACH_EXISTS, len(keys), *keys)
+                    pipeline.multi()
+                    left, done, working_time = [], [], 0.0
+                    for (run, return_value), dependents in zip(batch, with_dependents):
+                        mark = len(pipeline.command_stack)
+                        try:
+                            if dependents:
+                                raise LookupError("dependents")
+                            self.queue_success(run, pipeline)
+                        except Exception:
+                            del pipeline.command_stack[mark:]
+                            left.append((run, return_value))
+                            continue
+                        done.append(run.job)
+                        working_time += (run.job.ended_at - run.job.started_at).total_seconds()
+                    if done:
+                        pipeline.hincrby(self.key, "successful_job_count", len(done))
+                        pipeline.hincrbyfloat(self.key, "total_working_time", working_time)
+                    pipeline.execute()
+                    break
+                except WatchError:
+                    continue
+        for job in done:
+            self.log.info("Worker %s: %s: %s (%s)", self.name, green(job.origin), blue("Job OK"), job.id)
+        return left
+
+    def queue_success(self, run: Running, pipeline: Pipeline) -> None:
+        """Queue in ``pipeline`` what RQ writes when ``run``'s job succeeded (no dependents)."""
+        job, execution = run.job, run.execution
+        self.bind(run)
+        job.heartbeat(job.ended_at, job.success_callback_timeout, pipeline=pipeline)
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        if result_ttl != 0:
+            job._handle_success(result_ttl, pipeline=pipeline, worker_name=self.name, execution_id=execution.id,
+                                execution_started_at=execution.created_at, execution_ended_at=job.ended_at)
+        job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
+        job._status = JobStatus.FINISHED
+        self.cleanup_execution(job, pipeline=pipeline, **self.execution_argument(execution))
 
     def abandon(self, run: Running) -> None:
         """Record a job still running far past its timeout as failed; its thread runs on unwatched."""
