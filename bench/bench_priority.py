@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 from uuid import UUID
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +51,7 @@ FUNC = "bench.noop.noop"  # by path: enqueueing never imports it, the worker doe
 PREFIX = Job.redis_job_namespace_prefix  # "rq:job:"
 QUEUE = "bench"
 QUEUE_KEY = rq.Queue.redis_queue_namespace_prefix + QUEUE
+T = TypeVar("T")
 
 
 class PlusSimpleWorker(rq.SimpleWorker, rqplus.Worker):
@@ -90,9 +92,9 @@ def progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def interleave(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+def interleave(variants: dict[str, Callable[[], T]], rounds: int) -> dict[str, list[T]]:
     """Run every variant once per round, forward order on even rounds and reversed on odd ones."""
-    results: dict[str, list[float]] = {name: [] for name in variants}
+    results: dict[str, list[T]] = {name: [] for name in variants}
     names = list(variants)
     for round_no in range(rounds):
         for name in names if round_no % 2 == 0 else names[::-1]:
@@ -223,12 +225,15 @@ def revision() -> str:
 
 
 def command_line(doc: str, quick_seconds: int,
-                 options: Callable[[argparse.ArgumentParser], object] | None = None) -> argparse.Namespace:
-    """The benchmarks' shared options (``--quick``, ``--rounds``) and a script's own (added by
-    ``options``), parsed; logging quiet but for warnings."""
+                 options: Callable[[argparse.ArgumentParser], object] | None = None,
+                 rounds: tuple[int, int] = (5, 3)) -> argparse.Namespace:
+    """The benchmarks' shared options (``--quick``, ``--rounds`` alias ``--runs``, whose defaults
+    full and quick are ``rounds``) and a script's own (added by ``options``), parsed; logging quiet
+    but for warnings."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"smaller sizes, about {quick_seconds} seconds")
-    parser.add_argument("--rounds", type=int, help="rounds per measurement (default 5, quick 3)")
+    parser.add_argument("--rounds", "--runs", type=int,
+                        help=f"rounds per measurement (default {rounds[0]}, quick {rounds[1]})")
     if options is not None:
         options(parser)
     logging.basicConfig(level=logging.WARNING)
