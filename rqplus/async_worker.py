@@ -39,6 +39,7 @@ class AsyncWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self._threads = DaemonThreads("rqplus-async", limit=min(self.concurrency, THREADS))
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -48,8 +49,14 @@ class AsyncWorker(ThreadWorker):
             threading.Thread(target=self._loop.run_forever, name="rqplus-event-loop", daemon=True).start()
         return self._loop
 
-    def start(self, run: Running) -> None:
-        asyncio.run_coroutine_threadsafe(self.perform_async(run), self.loop)
+    def start(self, runs: list[Running]) -> None:
+        self.loop.call_soon_threadsafe(self._spawn, runs)
+
+    def _spawn(self, runs: list[Running]) -> None:
+        for run in runs:
+            task = self.loop.create_task(self.perform_async(run))
+            self._tasks.add(task)  # the loop keeps only weak references to its tasks
+            task.add_done_callback(self._tasks.discard)
 
     async def perform_async(self, run: Running) -> None:
         """``ThreadWorker.perform`` on the loop: the function awaited here, the bookkeeping in threads."""
@@ -82,8 +89,9 @@ class AsyncWorker(ThreadWorker):
         coroutine = job.func(*job.args, **job.kwargs)
         with current_job(job):
             try:
-                return await asyncio.wait_for(coroutine, None if timeout == -1 else timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(None if timeout == -1 else timeout):
+                    return await coroutine
+            except TimeoutError:
                 raise timeout_exception(job.timeout)() from None
 
     def perform_sync(self, run: Running) -> Any:

@@ -49,6 +49,8 @@ from rqplus.worker import Worker
 
 #: Environment variable giving the jobs a ThreadWorker or AsyncWorker runs at once.
 CONCURRENCY_ENV = "RQPLUS_CONCURRENCY"
+#: Seconds a worker whose threads are nearly all busy waits for more to be free before it fetches.
+FILL_WAIT = 0.005
 #: Most successes recorded in one transaction.
 SUCCESS_BATCH = 500
 #: Seconds a job may run past its timeout (the thread was told to stop) before it is abandoned.
@@ -230,11 +232,13 @@ class ThreadWorker(ConcurrentCompat, Worker):
                 batch += self.redis_call(self.queue_class.dequeue_many, self._ordered_queues, free, self.connection)
             if not batch:  # the queues are empty: RQ's loop waits for the next job
                 return
-            for run in self.record_starts(batch):
-                with self._changed:
-                    self._running[run.execution.id] = run
-                self.start(run)
+            runs = self.record_starts(batch)
+            with self._changed:
+                self._running.update((run.execution.id, run) for run in runs)
+            self.start(runs)
             self.wait_while(lambda: len(self._running) >= self.concurrency)
+            with self._changed:  # a few ms more for a bigger batch, once most threads are busy
+                self._changed.wait_for(lambda: len(self._running) <= self.concurrency * 7 // 8, FILL_WAIT)
             if not self._batching or self._stop_requested or time.monotonic() > until:
                 return
             batch = []
@@ -265,8 +269,7 @@ class ThreadWorker(ConcurrentCompat, Worker):
                 for job, queue in batch:
                     ttl = self.get_heartbeat_ttl(job)
                     execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
-                    job.heartbeat(now(), ttl, pipeline=pipeline)
-                    job.prepare_for_execution(self.name, pipeline=pipeline)
+                    job.prepare_for_execution(self.name, pipeline=pipeline)  # its last_heartbeat too
                     pipeline.persist(job.key)
                     pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
                     timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
@@ -283,9 +286,10 @@ class ThreadWorker(ConcurrentCompat, Worker):
             started.update((run.execution.id, run.execution) for run in runs)
         return runs
 
-    def start(self, run: Running) -> None:
-        """Run ``run``'s job to its end in a thread (AsyncWorker: on its event loop)."""
-        self._threads.submit(self.perform, run)
+    def start(self, runs: list[Running]) -> None:
+        """Run each job of ``runs`` to its end in a thread (AsyncWorker: on its event loop)."""
+        for run in runs:
+            self._threads.submit(self.perform, run)
 
     def wait_while(self, busy: Any) -> None:
         """Block while ``busy()`` is true, beating for the running jobs and abandoning overdue ones."""
