@@ -18,11 +18,13 @@ import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import rq
+from redis import Redis
 from redis.exceptions import ResponseError
+from rq.registry import StartedJobRegistry
 
 from rqplus.faults import TRANSIENT, wait_out
 
@@ -91,6 +93,35 @@ def rate_limited(job: Any) -> bool:
     Usage: ``if rate_limited(job): ...``
     """
     return bool(getattr(job, "has_rate_limit", False))
+
+
+if RQ3:
+    from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE
+
+
+def execution_candidates(connection: Redis, workers: Mapping[str, Sequence[str]]) -> list[str]:
+    """``job_id:execution_id`` keys of the RQ executions ``workers`` (worker name -> its queue
+    names) may be running, in one pipelined round trip however many workers and executions.
+
+    An execution runs while its hash ``rq:execution:<key>`` exists; the hash's ``worker_name``
+    says whose it is. The caller reads both (rq 2.12 finds other workers' executions too).
+
+    Usage: ``execution_candidates(redis, {"w1": ["emails"]})  # ["<job id>:<execution id>", ...]``
+    """
+    with connection.pipeline(transaction=False) as pipe:
+        if RQ3:  # an index set per worker, rq:worker:<name>:executions
+            for name in workers:
+                pipe.smembers(WORKER_EXECUTIONS_KEY_TEMPLATE.format(name))
+        else:  # rq 2.12 has no index (its worker hash names one current_job): the started registries
+            for queue in sorted({queue for names in workers.values() for queue in names}):
+                pipe.zrange(StartedJobRegistry(queue, connection=connection).key, 0, -1)
+        found = pipe.execute()
+    # job ids hold no ":" (RQ validates them); any other entry is forged, and left out
+    return sorted({key for keys in found for key in map(_text, keys) if key.count(":") == 1})
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
 
 
 if RQ3:

@@ -17,25 +17,30 @@ import sys
 import time
 import zlib
 from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from html import unescape
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
+from markupsafe import escape
 from redis import Redis
+from rq.executions import Execution
 from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry
+from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq_scheduler import Scheduler
 
-from rqplus import Queue, priority_of
+from rqplus import Queue, Worker, priority_of
 from rqplus.cli import main
 from rqplus.dashboard import Credentials, DashboardConfigError, Server, audit, create_app, metrics, security
 from rqplus.dashboard.payloads import DashboardJob, Masker, shown
 from rqplus.serializers import SafeSerializer, Withheld, withheld_in
 from rqplus.embedded import RedisServer
 from rqplus import requeue as runs
+from rqplus.recovery import mark_alive, worker_identity
 from tests.conftest import failed_in_bulk, wait_for
 from tests.jobs import ran
 
@@ -571,6 +576,19 @@ def test_overview_shows_priorities_durability_schedule_and_workers(client: Flask
     assert '<td class="">2</td>' in page                                 # two jobs at P0
 
 
+def workers_table(page: str) -> dict[str, list[str]]:
+    """The overview's workers table: worker name -> the HTML of its other cells (class, jobs at
+    once, state, queues, running now)."""
+    table = page.split('id="workers"')[1].split("</table>")[0]
+    return {unescape(name): re.findall(r"<td[^>]*>(.*?)</td>", row)[1:]
+            for name, row in re.findall(r'<tr data-worker="([^"]*)">(.*?)</tr>', table)}
+
+
+def running_links(cell: str) -> list[str]:
+    """The job ids a "running now" cell links to, in order (each link leads to the job's page)."""
+    return re.findall(r'<a href="/rq/0/view/job/([^"]+)"', cell)
+
+
 def test_workers_are_listed_with_their_class_and_concurrency(client: FlaskClient, redis: Redis,
                                                             redis_server: RedisServer, processes) -> None:
     processes.rq_worker(redis_server.url, "emails", burst=False)
@@ -580,16 +598,111 @@ def test_workers_are_listed_with_their_class_and_concurrency(client: FlaskClient
     wait_for(lambda: sorted((w.kind, w.state) for w in metrics.workers(redis)) ==
              [("rqplus.worker.Worker", "idle"), (metrics.STOCK_WORKER, "idle")])
     page = client.get("/").data.decode()
-    rows = {cells[4]: cells[1:4] for cells in (re.findall(r"<td[^>]*>(.*?)</td>", row)
-                                               for row in re.findall(r"<tr>(.*?)</tr>", page.split('id="workers"')[1]))
-            if len(cells) == 5}
-    assert rows == {"emails": ["rqplus.worker.Worker", "1", "idle"], "q": ["stock RQ worker", "1", "idle"]}
+    assert "<th title=\"the most jobs it runs at the same time\">Jobs at once</th>" in page
+    rows = {cells[3]: cells[:3] + [running_links(cells[4])] for cells in workers_table(page).values()}
+    assert rows == {"emails": ["rqplus.worker.Worker", "1", "idle", []], "q": ["stock RQ worker", "1", "idle", []]}
     assert 'rqplus_workers{class="rqplus.worker.Worker",state="idle"} 1' in client.get("/metrics").data.decode()
+
+
+class EightAtOnce(Worker):
+    """Stands in for a worker running several jobs at once (its marker says 8)."""
+
+    concurrency = 8
+
+
+def round_trips(monkeypatch) -> Callable[[], int]:
+    """Count the round trips to Redis from now on: single commands, and pipelines sent."""
+    from redis.client import Pipeline
+
+    sent = []
+    command, execute = Redis.execute_command, Pipeline.execute
+
+    def single(self, *args, **options):
+        sent.append(args[0])
+        return command(self, *args, **options)
+
+    def pipelined(self, *args, **options):
+        if self.command_stack:
+            sent.append("pipeline")
+        return execute(self, *args, **options)
+
+    monkeypatch.setattr(Redis, "execute_command", single)
+    monkeypatch.setattr(Pipeline, "execute", pipelined)
+    return lambda: len(sent)
+
+
+def test_a_worker_running_several_jobs_shows_each_with_its_jobs_at_once(client: FlaskClient, redis: Redis,
+                                                                         monkeypatch) -> None:
+    """A worker registered by RQ, its marker saying 8 at once, running 3 jobs as RQ records them
+    (one Execution each, in a pipeline); an execution whose hash expired no longer runs."""
+    queue = Queue("emails", connection=redis)
+    jobs = [queue.enqueue("tests.jobs.record", f"job {n}") for n in range(4)]
+    worker = Worker(["emails"], connection=redis, name="pool-1")
+    worker.register_birth()
+    worker.set_state("busy")
+    mark_alive(redis, worker.name, 60, worker_identity(EightAtOnce, 8))
+    Worker(["emails"], connection=redis, name="idle-1").register_birth()   # same queue, runs nothing
+    with redis.pipeline() as pipe:
+        executions = [Execution.create(job, 60, pipe, worker_name=worker.name) for job in jobs]
+        pipe.execute()
+    redis.delete(executions[3].key)                                         # expired: it stopped
+    running = [job.id for job in jobs[:3]]
+
+    rows = workers_table(client.get("/").text)
+    kind = "tests.test_dashboard.EightAtOnce"
+    assert rows["pool-1"][:4] == [kind, "8", "busy", "emails"]
+    assert '<span class="running-count">3</span>' in rows["pool-1"][4]
+    assert sorted(running_links(rows["pool-1"][4])) == sorted(running)
+    assert rows["pool-1"][4].count("tests.jobs.record") >= 3                 # each job's function
+    assert rows["idle-1"][:2] == [metrics.STOCK_WORKER, "1"] and running_links(rows["idle-1"][4]) == []
+    lines = client.get("/metrics").text.splitlines()
+    assert f'rqplus_worker_running_jobs{{worker="pool-1",class="{kind}"}} 3' in lines
+    assert f'rqplus_worker_concurrency{{worker="pool-1",class="{kind}"}} 8' in lines
+    assert 'rqplus_worker_running_jobs{worker="idle-1",class="stock RQ worker"} 0' in lines
+
+    found = {w.name: w for w in metrics.workers(redis)}
+    assert [job.function for job in found["pool-1"].running] == ["tests.jobs.record"] * 3
+    assert all(job.since and abs(job.since.timestamp() - time.time()) < 60 for job in found["pool-1"].running)
+    assert found["pool-1"].current_job_id in running and found["idle-1"].current_job_id is None
+
+    # the whole table in a fixed number of round trips, however many workers and jobs
+    counted = round_trips(monkeypatch)
+    metrics.workers(redis)
+    few = counted()
+    for n in range(6):
+        more = Worker(["emails"], connection=redis, name=f"pool-{n + 2}")
+        more.register_birth()
+        with redis.pipeline() as pipe:
+            for job in [queue.enqueue("tests.jobs.record", f"more {n} {m}") for m in range(3)]:
+                Execution.create(job, 60, pipe, worker_name=more.name)
+            pipe.execute()
+    counted = round_trips(monkeypatch)
+    assert sum(len(w.running) for w in metrics.workers(redis)) == 3 + 6 * 3
+    assert counted() == few <= 4
+
+
+def test_forged_worker_and_job_names_are_shown_as_text(client: FlaskClient, redis: Redis) -> None:
+    name, job_id = "<b>w</b>", '"><script>x()</script>'
+    Worker(["q"], connection=redis, name=name).register_birth()
+    job = Job(connection=redis)
+    job._id, job.origin = job_id, "q"      # an id RQ refuses: only a forged entry holds one
+    with redis.pipeline() as pipe:
+        Execution.create(job, 60, pipe, worker_name=name)
+        pipe.execute()
+    for odd in ("a:b:c", b"\xff:x", "no-execution-id"):   # in rq 3.0's index, and rq 2.12's registry
+        redis.sadd(f"rq:worker:{name}:executions", odd)
+        redis.zadd(StartedJobRegistry("q", connection=redis).key, {odd: 9_999_999_999})
+    page = client.get("/").text
+    assert "<b>w" not in page and "<script>x" not in page
+    rows = workers_table(page)
+    assert list(rows) == [name] and '<span class="running-count">1</span>' in rows[name][4]
+    assert escape(job_id) in rows[name][4]
 
 
 def test_the_workers_page_shows_each_workers_running_job(client: FlaskClient, redis: Redis,
                                                          redis_server: RedisServer, processes) -> None:
-    """rq 3.0 no longer keeps the current job in the worker hash: rq-dashboard finds it in its executions."""
+    """rq 3.0 no longer keeps the current job in the worker hash: rq-dashboard finds it in its
+    executions; the overview lists it under its worker."""
     processes.rq_worker(redis_server.url, "emails", burst=False)
     processes.rq_worker(redis_server.url, "q", worker_class="rq.Worker", queue_class=None, burst=False)
     busy = {"emails": Queue("emails", connection=redis).enqueue("tests.jobs.record", "rqplus-busy", 30),
@@ -604,6 +717,9 @@ def test_the_workers_page_shows_each_workers_running_job(client: FlaskClient, re
     assert wait_for(lambda: running() == {name: job.id for name, job in busy.items()})
     page = client.get("/rq/0/view/workers")
     assert page.status_code == 200
+    rows = {cells[3]: (cells[0], running_links(cells[4])) for cells in workers_table(client.get("/").text).values()}
+    assert rows == {"emails": ("rqplus.worker.Worker", [busy["emails"].id]),
+                    "q": (metrics.STOCK_WORKER, [busy["q"].id])}
 
 
 def test_metrics_in_prometheus_format(client: FlaskClient, redis: Redis) -> None:

@@ -222,6 +222,22 @@ def test_main_pages_render_and_are_not_blank(page, redis: Redis, redis_server: R
         assert distinct > 50 and ink > 0.03, f"{path} looks blank: {distinct} colours, {ink:.1%} non-white"
 
 
+def test_the_workers_table_links_each_running_job_to_its_page(page, redis: Redis, redis_server: RedisServer,
+                                                              processes: Processes) -> None:
+    job = Queue("q", connection=redis).enqueue("tests.jobs.record", "sleeping", 30)
+    processes.rq_worker(redis_server.url, "q", burst=False)
+    wait_for(lambda: any(w.current_job_id == job.id for w in metrics.workers(redis)))
+    log_in(page)
+    cell = page.locator("#workers .running-now")
+    assert cell.locator(".running-count").inner_text() == "1"
+    link = cell.locator(f"a:has-text('{job.id}')")
+    assert link.count() == 1 and "tests.jobs.record" in cell.inner_text()
+    link.click()
+    page.wait_for_url(f"**/rq/0/view/job/{job.id}")
+    page.wait_for_selector(job_status("started"))
+    assert page.dialogs == []
+
+
 def test_bulk_requeue_button_shows_progress_until_done(page, redis: Redis) -> None:
     queue = Queue("q", connection=redis)
     jobs = failed_in_bulk(queue, 2000)

@@ -15,22 +15,25 @@ Usage::
 from __future__ import annotations
 
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 from redis import Redis
+from rq.executions import Execution
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.utils import as_text, utcparse
 from rq_scheduler import Scheduler
 
+from rqplus.compat import execution_candidates
 from rqplus.dashboard.payloads import DashboardJob
 from rqplus.defaults import DEFAULT_PRIORITY
 from rqplus.durability import DurabilityReport, cached_check
 from rqplus.priority import LEVELS, validate_priority
 from rqplus.queue import Queue
 from rqplus.recovery import marker_key, read_identity
-from rqplus.serializers import SafeSerializer
+from rqplus.requeue import function_name
 from rqplus.worker import Worker
 
 #: Ids read from a queue's RQ list for the per-priority counts. The list holds at most
@@ -97,7 +100,7 @@ def stored_priority(raw: bytes | str | None) -> int:
         return DEFAULT_PRIORITY
 
 
-def _stored_time(raw: bytes | None) -> datetime | None:
+def _stored_time(raw: bytes | str | None) -> datetime | None:
     # a job hash's time field; None when missing or unreadable (forged or corrupted: the page stays up)
     try:
         return utcparse(as_text(raw)) if raw else None
@@ -148,11 +151,25 @@ def _one_queue(queue: Queue, limit: int) -> QueueStats:
     return stats
 
 
+@dataclass(frozen=True)
+class RunningJob:
+    """A job a worker runs now: one RQ execution of it.
+
+    ``function`` is the job's dotted function name (``"?"`` when its data cannot be read, the job
+    is gone, or it was not read); ``since`` is when the execution started (None if unreadable).
+    """
+
+    id: str
+    function: str
+    since: datetime | None
+
+
 @dataclass
 class WorkerInfo:
-    """A registered worker. rqplus workers record their class and concurrency beside their
-    liveness marker; stock RQ workers record neither (``kind`` "stock RQ worker"), and run one
-    job at a time (a worker pool shows as several workers).
+    """A registered worker and the jobs it runs now (``running``, oldest first). rqplus workers
+    record their class and how many jobs they run at once (``concurrency``) beside their liveness
+    marker; stock RQ workers record neither (``kind`` "stock RQ worker") and run one job at a time
+    (a worker pool shows as several workers).
     """
 
     name: str
@@ -160,25 +177,95 @@ class WorkerInfo:
     concurrency: int
     state: str
     queues: list[str]
-    current_job_id: str | None
     last_heartbeat: datetime | None
+    running: list[RunningJob] = field(default_factory=list)
+
+    @property
+    def current_job_id(self) -> str | None:
+        """The id of the job it has run the longest of those it runs now; None when idle.
+
+        Usage: ``[w.name for w in workers(redis) if w.current_job_id]``
+        """
+        return self.running[0].id if self.running else None
 
 
-def workers(connection: Redis) -> list[WorkerInfo]:
-    """Every registered worker, sorted by name.
+def workers(connection: Redis, functions: bool = True) -> list[WorkerInfo]:
+    """Every registered worker with the jobs it runs now, sorted by name, in four pipelined round
+    trips however many workers and jobs: the worker keys; their hashes and rqplus markers; the keys
+    of their executions (:func:`rqplus.compat.execution_candidates`); the executions and the
+    function names of their jobs (read from the jobs' data unless ``functions`` is False).
 
-    Usage: ``[(w.kind, w.concurrency) for w in workers(redis)]``
+    Usage: ``[(w.kind, w.concurrency, [job.id for job in w.running]) for w in workers(redis)]``
     """
-    found = Worker.all(connection=connection, job_class=DashboardJob, serializer=SafeSerializer)
+    prefix = Worker.redis_worker_namespace_prefix
+    names = sorted(key[len(prefix):] for key in map(_text, connection.smembers(Worker.redis_workers_keys))
+                   if key.startswith(prefix))
     with connection.pipeline(transaction=False) as pipe:
-        for worker in found:
-            pipe.get(marker_key(worker.name))
-        identities = [read_identity(value) or (STOCK_WORKER, 1) for value in pipe.execute()]
-    return sorted((
-        WorkerInfo(name=worker.name, kind=kind, concurrency=concurrency, state=str(worker.get_state()),
-                   queues=worker.queue_names(), current_job_id=worker.get_current_job_id(),
-                   last_heartbeat=worker.last_heartbeat)
-        for worker, (kind, concurrency) in zip(found, identities)), key=lambda w: w.name)
+        for name in names:
+            pipe.hgetall(prefix + name)
+            pipe.get(marker_key(name))
+        replies = pipe.execute()
+    found = []
+    for name, raw, marker in zip(names, replies[0::2], replies[1::2]):
+        if not raw:  # registered, but its hash expired: RQ's Worker.all leaves it out too
+            continue
+        fields = {_text(key): _text(value) for key, value in raw.items()}
+        kind, concurrency = read_identity(marker) or (STOCK_WORKER, 1)
+        found.append(WorkerInfo(name=name, kind=kind, concurrency=concurrency, state=fields.get("state") or "?",
+                                queues=[queue for queue in fields.get("queues", "").split(",") if queue],
+                                last_heartbeat=_stored_time(fields.get("last_heartbeat"))))
+    running = _running_jobs(connection, execution_candidates(connection, {w.name: w.queues for w in found}),
+                            functions) if found else {}
+    for worker in found:
+        worker.running = sorted(running.get(worker.name, []),
+                                key=lambda job: (job.since or datetime.max.replace(tzinfo=timezone.utc), job.id))
+    return found
+
+
+def _running_jobs(connection: Redis, candidates: list[str], functions: bool) -> dict[str, list[RunningJob]]:
+    # worker name -> its running jobs: the candidates whose execution hash still exists, assigned
+    # to the worker it names; one pipelined round trip
+    if not candidates:
+        return {}
+    executions = [Execution.from_composite_key(key, connection=connection) for key in candidates]
+    with connection.pipeline(transaction=False) as pipe:
+        for execution in executions:
+            pipe.hmget(execution.key, "worker_name", "created_at")
+        if functions:
+            for execution in executions:
+                pipe.hget(DashboardJob.key_for(execution.job_id), "data")
+        replies = pipe.execute()
+    data = replies[len(executions):] if functions else [None] * len(executions)
+    running: dict[str, list[RunningJob]] = {}
+    for execution, (worker_name, created_at), raw in zip(executions, replies, data):
+        if worker_name is not None:
+            job = RunningJob(execution.job_id, _function(raw) if functions else "?", _stamp(created_at))
+            running.setdefault(_text(worker_name), []).append(job)
+    return running
+
+
+def _text(raw: bytes | str) -> str:
+    # a forged hash may hold bytes that are no UTF-8: the page shows them replaced, and stays up
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+
+
+def _stamp(raw: bytes | None) -> datetime | None:
+    # an execution's unix time field; None when missing or unreadable
+    try:
+        return datetime.fromtimestamp(float(raw), tz=timezone.utc) if raw else None
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _function(raw: bytes | None) -> str:
+    # a job's data field as RQ's Job.restore reads it: zlib-compressed (jobs of older RQ: as is)
+    if not raw:
+        return "?"
+    try:
+        raw = zlib.decompress(raw)
+    except zlib.error:
+        pass
+    return function_name(raw)
 
 
 def scheduled_fires(connection: Redis, limit: int = SCHEDULE_LIMIT) -> list[tuple[DashboardJob, datetime]]:
@@ -249,7 +336,7 @@ def prometheus(connection: Redis, report: DurabilityReport | None = None) -> str
     Usage: ``prometheus(redis).splitlines()[0]  # "# HELP rqplus_queue_jobs ..."``
     """
     stats = queue_stats(connection)
-    found = workers(connection)
+    found = workers(connection, functions=False)
     report = report if report is not None else cached_check(connection)
     now = time.time()
     families = [
@@ -266,6 +353,10 @@ def prometheus(connection: Redis, report: DurabilityReport | None = None) -> str
         ("rqplus_workers", "Registered workers, by class and state.",
          [({"class": kind, "state": state}, n)
           for (kind, state), n in sorted(Counter((w.kind, w.state) for w in found).items())]),
+        ("rqplus_worker_running_jobs", "Jobs a worker runs now.",
+         [({"worker": w.name, "class": w.kind}, len(w.running)) for w in found]),
+        ("rqplus_worker_concurrency", "Jobs a worker runs at once at most.",
+         [({"worker": w.name, "class": w.kind}, w.concurrency) for w in found]),
         ("rqplus_redis_durable", "1 when Redis keeps acknowledged jobs through a crash (rqplus check).",
          [({}, int(report.ok))]),
     ]
