@@ -11,6 +11,7 @@ import pytest
 from rq import Queue as RQQueue
 
 from rqplus import AsyncWorker, Queue, ThreadWorker
+from rqplus.dashboard.metrics import workers
 from tests.conftest import wait_for
 from tests.jobs import REDIS_URL_ENV, WAITING_KEY, ran
 
@@ -105,6 +106,9 @@ def test_sigterm_lets_running_jobs_finish_and_starts_no_more(redis, redis_server
     proc = processes.rq_worker(redis_server.url, "work", worker_class=worker_class, burst=False,
                                env={"RQPLUS_CONCURRENCY": "4", REDIS_URL_ENV: redis_server.url})
     wait_for(lambda: len(ran(redis)) == 4, timeout=60)
+    [shown] = workers(redis)  # the dashboard's workers table
+    assert shown.kind.endswith(worker_class.split(".")[-1]) and shown.concurrency == 4
+    assert sorted(job.id for job in shown.running) == sorted(job.id for job in running)
     waiting = queue.enqueue("tests.jobs.record", "waiting")
     proc.send_signal(signal.SIGTERM)
     out = processes.finish(proc, 60)
