@@ -180,6 +180,21 @@ else:
             return self._result
 
 
+@functools.cache
+def execution_key_prefixes() -> tuple[str, str]:
+    """The prefixes of RQ's execution hashes (``<prefix><job id>:<execution id>``) and of its
+    per-job execution registries (``<prefix><job id>``), as the installed rq names them.
+
+    Usage: ``hash_prefix, registry_prefix = execution_key_prefixes()``
+    """
+    from rq.executions import Execution, ExecutionRegistry
+    return Execution("e", "j", None).key.removesuffix("j:e"), ExecutionRegistry.key_template.format("")  # type: ignore[arg-type]
+
+
+#: Whether RQ's execution hash holds its job's id (rq 3.x; 2.12 reads it from the key).
+EXECUTION_HOLDS_JOB_ID = RQ3
+
+
 if RQ3:
     from rq.job import _current_job
 

@@ -385,11 +385,90 @@ end
 return found
 """
 
-# Which of KEYS exist: {1 or 0, ...} in KEYS' order (EXISTS of several keys only counts them).
-EACH_EXISTS = """
-local found = {}
-for i, key in ipairs(KEYS) do found[i] = redis.call('EXISTS', key) end
-return found
+# The starts of a batch of fetched jobs, as RQ records one (`Execution.create`,
+# `Job.prepare_for_execution`, `prepare_job_execution`) for each, in one script.
+# ARGV[1..9] = now (float seconds), now as RQ's date text, worker name, TTL (s), the worker's
+#   execution index ("" on rq 2.12: none), execution key prefix, execution registry key prefix,
+#   whether the execution hash holds job_id ("1": rq 3.x), the number of queues Q;
+# then Q pairs (started registry, intermediate list); then per job: job id, job key, queue index
+# (1-based), execution id.
+START_MANY = """
+local now, text, worker, ttl, index = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local expires = math.floor(now) + ttl
+local q = tonumber(ARGV[9])
+for i = 10 + 2 * q, #ARGV, 4 do
+  local job_id, job_key, queue, execution_id = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local started, intermediate = ARGV[8 + 2 * queue], ARGV[9 + 2 * queue]
+  local composite = job_id .. ':' .. execution_id
+  local execution = ARGV[6] .. composite
+  redis.call('HSET', execution, 'id', execution_id, 'created_at', ARGV[1], 'last_heartbeat', ARGV[1],
+             'worker_name', worker)
+  if ARGV[8] == '1' then redis.call('HSET', execution, 'job_id', job_id) end
+  redis.call('EXPIRE', execution, ttl)
+  redis.call('ZADD', ARGV[7] .. job_id, expires + 60, execution_id)
+  redis.call('EXPIRE', ARGV[7] .. job_id, ttl + 60)
+  redis.call('ZADD', started, expires, composite)
+  if index ~= '' then
+    redis.call('SADD', index, composite)
+    redis.call('EXPIRE', index, ttl + 60)
+  end
+  redis.call('HSET', job_key, 'last_heartbeat', text, 'status', 'started', 'started_at', text, 'worker_name', worker)
+  redis.call('PERSIST', job_key)
+  redis.call('LREM', intermediate, 1, job_id)
+end
+return 1
+"""
+
+# The ends of a batch of jobs that succeeded, as RQ's `handle_execution_ended` and
+# `handle_job_success` record one with no dependents (Result.create, the finished registry,
+# Job.cleanup, Execution.delete, the worker's counters), in one script. A job that has dependents
+# is left alone (RQ's own steps enqueue them): its position in the batch is returned.
+# ARGV[1..7] = now (integer seconds), now as RQ's date text, worker name, worker key, the
+#   worker's execution index ("" on rq 2.12), execution key prefix, execution registry key prefix;
+# then per job: job id, job key, dependents key, dependencies key, results key, finished
+#   registry, started registry, execution id, execution start (float seconds, as text), end (the
+#   same), result TTL (-1: forever), the result's base64 text ("": None), the end as RQ's date
+#   text, the job's working time (s).
+FINISH_MANY = """
+local now, text, worker, index = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[5]
+local left, done, working = {}, 0, 0
+for i = 8, #ARGV, 14 do
+  local job_id, job_key, dependents, dependencies = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local results, finished, started, execution_id = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  local ttl, value = tonumber(ARGV[i + 10]), ARGV[i + 11]
+  if redis.call('EXISTS', dependents) == 1 then
+    table.insert(left, (i - 8) / 14 + 1)
+  else
+    redis.call('HSET', job_key, 'last_heartbeat', text, 'status', 'finished', 'ended_at', ARGV[i + 12])
+    local fields = {'type', '1', 'worker_name', worker}
+    if value ~= '' then table.insert(fields, 'return_value'); table.insert(fields, value) end
+    for _, field in ipairs({'execution_id', execution_id, 'execution_started_at', ARGV[i + 8],
+                            'execution_ended_at', ARGV[i + 9]}) do table.insert(fields, field) end
+    redis.call('XADD', results, 'MAXLEN', '~', 10, '*', unpack(fields))
+    if ttl == -1 then
+      redis.call('PERSIST', results)
+      redis.call('ZADD', finished, '+inf', job_id)
+    else
+      redis.call('EXPIRE', results, ttl)
+      redis.call('ZADD', finished, now + ttl, job_id)
+      redis.call('EXPIRE', job_key, ttl)
+      redis.call('EXPIRE', dependents, ttl)
+      redis.call('EXPIRE', dependencies, ttl)
+    end
+    local composite = job_id .. ':' .. execution_id
+    redis.call('DEL', ARGV[6] .. composite)
+    redis.call('ZREM', started, composite)
+    redis.call('ZREM', ARGV[7] .. job_id, execution_id)
+    if index ~= '' then redis.call('SREM', index, composite) end
+    done = done + 1
+    working = working + tonumber(ARGV[i + 13])
+  end
+end
+if done > 0 then
+  redis.call('HINCRBY', ARGV[4], 'successful_job_count', done)
+  redis.call('HINCRBYFLOAT', ARGV[4], 'total_working_time', string.format('%.6f', working))
+end
+return left
 """
 
 # Finds jobs that no live worker holds, for `rqplus.recovery`. Read only.

@@ -22,28 +22,31 @@ import os
 import sys
 import threading
 import time
+from base64 import b64encode
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from queue import SimpleQueue
 from typing import Any
+from uuid import uuid4
 
-from redis.client import Pipeline
-from redis.exceptions import WatchError
 from rq import Worker as RQWorker
+from rq.defaults import UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
 from rq.executions import Execution
 from rq.job import Job, JobStatus, Retry
 from rq.logutils import blue, green
+from rq.results import Result
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
-from rq.utils import now
+from rq.utils import current_timestamp, now, utcformat
 from rq.worker import WorkerStatus
 
 from rqplus.allowlist import refusal
-from rqplus.compat import ConcurrentCompat, rate_limited, rq_signature
+from rqplus.compat import (EXECUTION_HOLDS_JOB_ID, ConcurrentCompat, execution_key_prefixes, rate_limited,
+                           rq_signature)
 from rqplus.faults import TRANSIENT
 from rqplus.queue import Queue
 from rqplus.recovery import hand_back, put_back_unstarted
-from rqplus.scripts import EACH_EXISTS
+from rqplus.scripts import FINISH_MANY, START_MANY
 from rqplus.scripts import run as run_script
 from rqplus.worker import Worker
 
@@ -133,6 +136,17 @@ def raise_in_thread(ident: int, exception: type[BaseException]) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exception))
 
 
+def encoded_result(job: Job, return_value: Any) -> str:
+    """``return_value`` as RQ's ``Result`` stores it: the job serializer's bytes in base64 ("" for None)."""
+    if return_value is None:
+        return ""
+    try:
+        serialized = job.serializer.dumps(return_value)
+    except Exception:  # as RQ: a result that cannot be serialized is stored as a marker
+        serialized = job.serializer.dumps(UNSERIALIZABLE_RETURN_VALUE_PAYLOAD)
+    return b64encode(serialized).decode()
+
+
 class DaemonThreads(Executor):
     """An executor whose threads are daemons, started on demand and reused, at most ``limit`` (None:
     one per task waiting). Daemons, unlike ``ThreadPoolExecutor``'s, never hold up the exit of a
@@ -212,6 +226,7 @@ class ThreadWorker(ConcurrentCompat, Worker):
         self.watchdog = Watchdog(self.abandon, self.abandon_grace)
         self.successes: SimpleQueue[tuple[Running, Any]] = SimpleQueue()
         self._recorder: threading.Thread | None = None
+        self._registry_keys: dict[str, tuple[str, str]] = {}
         super().__init__(*args, **kwargs)
 
     # -- the work loop's side ------------------------------------------------------------------
@@ -250,9 +265,10 @@ class ThreadWorker(ConcurrentCompat, Worker):
         return super().work(**arguments)
 
     def record_starts(self, batch: list[tuple[Job, Queue]]) -> list[Running]:
-        """Record the start of each job in ``batch`` in one transaction: RQ's execution (started
-        registry), the job's status, start time and worker, out of the intermediate list. Redis
-        faults are waited out; an attempt whose reply was lost is undone before the next.
+        """Record the start of each job in ``batch``, in one transaction, with RQ's writes for it
+        (``START_MANY``): its execution in the started registry, its status, start time and worker,
+        out of the intermediate list. Redis faults are waited out; an attempt whose reply was lost
+        is undone before the next.
 
         Usage: ``runs = worker.record_starts([(job, queue)])``
         """
@@ -264,19 +280,29 @@ class ThreadWorker(ConcurrentCompat, Worker):
                 for job, _ in batch:
                     self.drop_unconfirmed_executions(job)
             attempts += 1
+            stamp, ttl = now(), self.job_monitoring_interval + 60  # RQ's TTL for a job watched while it runs
+            queues: dict[str, int] = {}
+            keys: list[str] = []
+            jobs: list[Any] = []
             runs = []
+            for job, queue in batch:
+                if queue.name not in queues:
+                    queues[queue.name] = len(queues) + 1
+                    keys += [self.registry_keys(queue)[0], queue.intermediate_queue_key]
+                execution = Execution(uuid4().hex, job.id, self.connection, worker_name=self.name)
+                execution.created_at = execution.last_heartbeat = stamp
+                execution._job = job
+                job.worker_name, job.last_heartbeat, job.started_at = self.name, stamp, stamp
+                job._status = JobStatus.STARTED
+                jobs += [job.id, job.key, queues[queue.name], execution.id]
+                timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
+                runs.append(Running(job, queue, execution, None if timeout == -1 else time.monotonic() + timeout))
             with self.connection.pipeline() as pipeline:
-                for job, queue in batch:
-                    ttl = self.get_heartbeat_ttl(job)
-                    execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
-                    job.prepare_for_execution(self.name, pipeline=pipeline)  # its last_heartbeat too
-                    pipeline.persist(job.key)
-                    pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
-                    timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
-                    deadline = None if timeout == -1 else time.monotonic() + timeout
-                    runs.append(Running(job, queue, execution, deadline))
+                run_script(pipeline, START_MANY, 0, repr(stamp.timestamp()), utcformat(stamp), self.name, ttl,
+                           self.execution_index, *execution_key_prefixes(), int(EXECUTION_HOLDS_JOB_ID),
+                           len(queues), *keys, *jobs)
                 self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
-                self.heartbeat(self.job_monitoring_interval + 60, pipeline=pipeline)
+                self.heartbeat(ttl, pipeline=pipeline)
                 pipeline.execute()
             return runs
 
@@ -285,6 +311,18 @@ class ThreadWorker(ConcurrentCompat, Worker):
         if started is not None:
             started.update((run.execution.id, run.execution) for run in runs)
         return runs
+
+    @property
+    def execution_index(self) -> str:
+        """The key of rq 3.x's set of this worker's executions ("" on rq 2.12: none)."""
+        return getattr(self, "executions_key", "")
+
+    def registry_keys(self, queue: Queue) -> tuple[str, str]:
+        """``queue``'s started and finished registry keys (RQ builds both objects at each use)."""
+        keys = self._registry_keys.get(queue.name)
+        if keys is None:
+            keys = self._registry_keys[queue.name] = (queue.started_job_registry.key, queue.finished_job_registry.key)
+        return keys
 
     def start(self, runs: list[Running]) -> None:
         """Run each job of ``runs`` to its end in a thread (AsyncWorker: on its event loop)."""
@@ -449,12 +487,13 @@ class ThreadWorker(ConcurrentCompat, Worker):
                 exc_info = sys.exc_info()
         self.finalize_failure(run.job, run.queue, run.execution, exc_info)
 
-    @staticmethod
-    def batchable(job: Job, return_value: Any) -> bool:
+    def batchable(self, job: Job, return_value: Any) -> bool:
         """True for a success RQ records with writes alone: no ``Retry`` returned, no success
-        callback, webhook, repeat or rate limit (dependents are checked as the batch is written)."""
+        callback, webhook, repeat or rate limit, a result kept (dependents are looked for as the
+        batch is written)."""
         return not (isinstance(return_value, Retry) or job._success_callback_name or getattr(job, "webhooks", None)
-                    or (job.repeats_left or 0) > 0 or rate_limited(job))
+                    or (job.repeats_left or 0) > 0 or rate_limited(job)
+                    or job.get_result_ttl(self.default_result_ttl) == 0)
 
     def _record_successes(self) -> None:
         while True:
@@ -471,55 +510,30 @@ class ThreadWorker(ConcurrentCompat, Worker):
                     self.release(run)
 
     def record_successes(self, batch: list[tuple[Running, Any]]) -> list[tuple[Running, Any]]:
-        """Record the successes in ``batch`` in one transaction, with the writes of RQ's
-        ``handle_execution_ended`` and ``handle_job_success`` for each; return those left to RQ's
-        own steps: a job that has dependents (watched, as RQ does) or whose result cannot be saved.
+        """Record the successes in ``batch`` in one script (``FINISH_MANY``) with the writes of
+        RQ's ``handle_execution_ended`` and ``handle_job_success`` for each; return those left to
+        RQ's own steps: jobs with dependents (RQ enqueues them).
 
         Usage: ``left = worker.record_successes([(run, return_value)])``
         """
-        keys = [run.job.dependents_key for run, _ in batch]
-        with self.connection.pipeline() as pipeline:
-            while True:
-                try:
-                    pipeline.watch(*keys)
-                    with_dependents = run_script(pipeline, EACH_EXISTS, len(keys), *keys)
-                    pipeline.multi()
-                    left, done, working_time = [], [], 0.0
-                    for (run, return_value), dependents in zip(batch, with_dependents):
-                        mark = len(pipeline.command_stack)
-                        try:
-                            if dependents:
-                                raise LookupError("dependents")
-                            self.queue_success(run, pipeline)
-                        except Exception:
-                            del pipeline.command_stack[mark:]
-                            left.append((run, return_value))
-                            continue
-                        done.append(run.job)
-                        working_time += (run.job.ended_at - run.job.started_at).total_seconds()
-                    if done:
-                        pipeline.hincrby(self.key, "successful_job_count", len(done))
-                        pipeline.hincrbyfloat(self.key, "total_working_time", working_time)
-                    pipeline.execute()
-                    break
-                except WatchError:
-                    continue
-        for job in done:
-            self.log.info("Worker %s: %s: %s (%s)", self.name, green(job.origin), blue("Job OK"), job.id)
-        return left
-
-    def queue_success(self, run: Running, pipeline: Pipeline) -> None:
-        """Queue in ``pipeline`` what RQ writes when ``run``'s job succeeded (no dependents)."""
-        job, execution = run.job, run.execution
-        self.bind(run)
-        job.heartbeat(job.ended_at, job.success_callback_timeout, pipeline=pipeline)
-        result_ttl = job.get_result_ttl(self.default_result_ttl)
-        if result_ttl != 0:
-            job._handle_success(result_ttl, pipeline=pipeline, worker_name=self.name, execution_id=execution.id,
-                                execution_started_at=execution.created_at, execution_ended_at=job.ended_at)
-        job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
-        job._status = JobStatus.FINISHED
-        self.cleanup_execution(job, pipeline=pipeline, **self.execution_argument(execution))
+        jobs: list[Any] = []
+        for run, return_value in batch:
+            job, execution = run.job, run.execution
+            started, finished = self.registry_keys(run.queue)
+            jobs += [job.id, job.key, job.dependents_key, job.dependencies_key, Result.get_key(job.id), finished,
+                     started, execution.id, repr(execution.created_at.timestamp()), repr(job.ended_at.timestamp()),
+                     job.get_result_ttl(self.default_result_ttl), encoded_result(job, return_value),
+                     utcformat(job.ended_at), repr((job.ended_at - job.started_at).total_seconds())]
+        left = run_script(self.connection, FINISH_MANY, 0, current_timestamp(), utcformat(now()), self.name,
+                          self.key, self.execution_index, *execution_key_prefixes(), *jobs)
+        left_positions = {int(position) - 1 for position in left}
+        started_executions = getattr(self, "executions", {})
+        for position, (run, _) in enumerate(batch):
+            if position not in left_positions:
+                run.job._status = JobStatus.FINISHED
+                started_executions.pop(run.execution.id, None)
+                self.log.info("Worker %s: %s: %s (%s)", self.name, green(run.job.origin), blue("Job OK"), run.job.id)
+        return [batch[position] for position in sorted(left_positions)]
 
     def abandon(self, run: Running) -> None:
         """Record a job still running far past its timeout as failed; its thread runs on unwatched."""

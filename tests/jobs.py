@@ -165,3 +165,18 @@ async def sleep_async_first_run(tag: str, seconds: float) -> str:
     connection.rpush(RAN_KEY, tag)
     await asyncio.sleep(seconds if runs == 1 else 0.0)
     return tag
+
+
+def snapshot() -> dict:
+    """What RQ has recorded of this running job: the fields of its hash and of its execution, its
+    registry entries (the same whichever worker records them)."""
+    job = get_current_job()
+    connection = job.connection
+    [entry] = [e.decode() for e in connection.zrange(job.started_job_registry.key, 0, -1)]
+    execution_id = entry.rsplit(":", 1)[1]
+    fields = {k.decode(): v for k, v in connection.hgetall(job.key).items()}
+    execution = {k.decode() for k in connection.hgetall(f"rq:execution:{entry}")}
+    return {"job fields": sorted(fields), "status": fields["status"].decode(), "execution fields": sorted(execution),
+            "execution registry": [m.decode() for m in connection.zrange(f"rq:executions:{job.id}", 0, -1)]
+            == [execution_id], "ttl": connection.ttl(job.key), "worker executions":
+            connection.smembers(f"rq:worker:{fields['worker_name'].decode()}:executions") == {entry.encode()}}

@@ -9,6 +9,8 @@ from collections import Counter
 
 import pytest
 from rq import Queue as RQQueue
+from rq import SimpleWorker
+from rq.results import Result
 
 from rqplus import AsyncWorker, Queue, ThreadWorker
 from rqplus.dashboard.metrics import workers
@@ -141,3 +143,30 @@ def test_concurrency_must_be_a_whole_number_of_at_least_one(redis, monkeypatch):
         ThreadWorker(["work"], connection=redis)
     monkeypatch.setenv("RQPLUS_CONCURRENCY", "12")
     assert ThreadWorker(["work"], connection=redis).concurrency == 12
+
+
+def test_batched_bookkeeping_writes_what_rqs_own_steps_write(redis):
+    """The same job run by stock RQ (its own start and end steps) and by a ThreadWorker (START_MANY
+    and FINISH_MANY): the same fields, registries and keys, while it runs and once it is done."""
+    queue = Queue("work", connection=redis)
+    outcomes = {}
+    for name, worker_class in (("rq", SimpleWorker), ("rqplus", ThreadWorker)):
+        job = queue.enqueue("tests.jobs.snapshot", result_ttl=600)
+        redis.sadd("test:jobs", job.id)
+        worker = worker_class([queue], connection=redis, name=f"{name}-worker")
+        worker.work(burst=True)
+        job.refresh()
+        [result] = job.results()
+        outcomes[name] = {
+            "while running": job.return_value(),
+            "job fields": sorted(k.decode() for k in redis.hgetall(job.key)),
+            "status": job.get_status(), "ttl": redis.ttl(job.key) > 590,
+            "result": (result.type, result.worker_name.replace(name, "W"), result.execution_id is not None,
+                       redis.ttl(Result.get_key(job.id)) > 590),
+            "finished": queue.finished_job_registry.get_job_ids() [-1] == job.id,
+            "counts": (redis.hget(worker.key, "successful_job_count"), float(redis.hget(worker.key, "total_working_time")) > 0),
+        }
+    assert outcomes["rq"] == outcomes["rqplus"]
+    assert outcomes["rq"]["while running"]["status"] == "started"
+    assert queue.started_job_registry.count == 0 and redis.keys("rq:execution:*") == []
+    assert redis.keys("rq:executions:*") == []
