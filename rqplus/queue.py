@@ -523,19 +523,28 @@ class Queue(RQQueue):
                 queue.quarantine(job_id, queue.unreadable(job_id) or f"{type(error).__name__}: {error}")
 
     @classmethod
-    def dequeue_many(cls, queues: Sequence[Queue], count: int, connection: Redis) -> list[tuple[Job, Queue]]:
-        """Up to ``count`` jobs of ``queues``, most urgent first, from the first queue on; no wait.
+    def dequeue_many(cls, queues: Sequence[Queue], count: int, connection: Redis,
+                     timeout: int | None = None) -> list[tuple[Job, Queue]]:
+        """Up to ``count`` jobs of ``queues``, most urgent first, from the first queue on. With
+        ``timeout``, when none is ready, wait for one as :meth:`dequeue_any` does (blocking, at most
+        ``timeout`` seconds: an empty list then).
 
         Reliable as :meth:`dequeue_any`: each id is in its queue's intermediate list when this
         returns (one round trip for the whole batch). A job whose hash is gone is skipped, an
         unreadable one quarantined, as ``dequeue_any`` does. Each job has its queue's job class
         and serializer.
 
-        Usage: ``for job, queue in Queue.dequeue_many(worker.queues, 8, redis): ...``
+        Usage: ``for job, queue in Queue.dequeue_many(worker.queues, 8, redis, timeout=5): ...``
         """
         keys = [(q.key, q.intermediate_queue_key, q.window_key, backlog_prefix(q.name)) for q in queues]
-        found = []
-        for index, job_id, fields in fetch_many(connection, keys, cls.job_class.redis_job_namespace_prefix, count):
+        prefix = cls.job_class.redis_job_namespace_prefix
+        found = fetch_many(connection, keys, prefix, count)
+        if not found and timeout is not None:
+            moved = cls._wait_for_job([q.key for q in queues], timeout, connection)
+            if moved is not None:
+                found = fetch_many(connection, keys, prefix, count, first=moved)
+        jobs = []
+        for index, job_id, fields in found:
             queue = queues[index]
             if not fields:  # deleted since it was queued: RQ's dequeue skips it too
                 connection.lrem(queue.intermediate_queue_key, 1, job_id)
@@ -546,8 +555,22 @@ class Queue(RQQueue):
             except Exception as error:
                 queue.quarantine(job_id, queue.unreadable(job_id) or f"{type(error).__name__}: {error}")
                 continue
-            found.append((job, queue))
-        return found
+            jobs.append((job, queue))
+        return jobs
+
+    @classmethod
+    def _wait_for_job(cls, queue_keys: list[str], timeout: int, connection: Redis) -> tuple[int, str] | None:
+        """Block until a job arrives (``timeout`` s at most) and move it into its queue's intermediate
+        list: (queue index, job id), or None. One queue: RQ's BLMOVE; several: :meth:`lpop`."""
+        try:
+            if len(queue_keys) == 1:
+                job_id = connection.blmove(queue_keys[0], IntermediateQueue.get_intermediate_queue_key(queue_keys[0]),
+                                           timeout, "LEFT", "RIGHT")
+                return None if job_id is None else (0, as_text(job_id))
+            queue_key, job_id = cls.lpop(queue_keys, timeout, connection=connection)
+        except DequeueTimeout:
+            return None
+        return queue_keys.index(as_text(queue_key)), as_text(job_id)
 
     def unreadable(self, job_id: str) -> str | None:
         """Why the job ``job_id`` cannot be loaded, naming the key or field at fault; None if it can.

@@ -361,23 +361,30 @@ return nil
 # Batch fetch for workers that run several jobs at once: up to ARGV[2] ids, from the first queue on
 # (as RELIABLE_FETCH, each moved into its queue's intermediate list before the script returns, the
 # window refilled), each with its job hash, so a worker starts a batch in one round trip.
-# KEYS, ARGV[1] as RELIABLE_FETCH; ARGV[2] = how many at most, ARGV[2 + i] = queue i's backlog prefix
+# KEYS, ARGV[1] as RELIABLE_FETCH; ARGV[2] = how many at most (the first included), ARGV[3] =
+# the index of the queue whose intermediate list already holds the first id (a blocking move
+# just took it), or 0; ARGV[4] = that id; ARGV[4 + i] = queue i's backlog prefix.
 # Returns a flat list of triples {queue index (1-based), job id, the job hash as HGETALL returns it}.
 FETCH_MANY = _INSERT + """
-local want, found = tonumber(ARGV[2]), {}
+local want, found, first = tonumber(ARGV[2]), {}, tonumber(ARGV[3])
+local function take(index, wp, job_id)
+  left_window(wp, job_id)
+  for _, value in ipairs({index, job_id, redis.call('HGETALL', ARGV[1] .. job_id)}) do table.insert(found, value) end
+end
+if first > 0 then
+  local i = 3 * first - 2
+  take(first, KEYS[i + 2], ARGV[4])
+  refill(KEYS[i], KEYS[i + 2], ARGV[4 + first], ARGV[1])
+  want = want - 1
+end
 for i = 1, #KEYS, 3 do
-  local queue, wp, bp, index = KEYS[i], KEYS[i + 2], ARGV[(i + 2) / 3 + 2], (i + 2) / 3
+  local queue, wp, bp, index = KEYS[i], KEYS[i + 2], ARGV[(i + 2) / 3 + 4], (i + 2) / 3
   while want > 0 do
     local ids = redis.call('LPOP', queue, want)
     if not ids and refill(queue, wp, bp, ARGV[1]) > 0 then ids = redis.call('LPOP', queue, want) end
     if not ids then break end
     redis.call('RPUSH', KEYS[i + 1], unpack(ids))
-    for _, job_id in ipairs(ids) do
-      left_window(wp, job_id)
-      for _, value in ipairs({index, job_id, redis.call('HGETALL', ARGV[1] .. job_id)}) do
-        table.insert(found, value)
-      end
-    end
+    for _, job_id in ipairs(ids) do take(index, wp, job_id) end
     want = want - #ids
     refill(queue, wp, bp, ARGV[1])
   end
@@ -628,14 +635,17 @@ def quarantine(connection: Redis, keys: tuple[str, str, str], job_id: str, score
 
 
 def fetch_many(connection: Redis, queues: Sequence[tuple[str, str, str, str]], job_key_prefix: str,
-               count: int) -> list[tuple[int, str, dict[bytes, bytes]]]:
+               count: int, first: tuple[int, str] | None = None) -> list[tuple[int, str, dict[bytes, bytes]]]:
     """Move up to ``count`` ids, most urgent first, into their intermediate lists (see ``FETCH_MANY``);
-    ``queues`` as for :func:`reliable_fetch`. Returns (queue index, job id, job hash) each.
+    ``queues`` as for :func:`reliable_fetch`; ``first``: (queue index, id) of an id a blocking move
+    has just put in that queue's intermediate list, returned first. Returns (queue index, job id,
+    job hash) each.
 
     Usage: ``fetch_many(redis, [("rq:queue:a", "rq:queue:a:intermediate", window_key("a"), backlog_prefix("a"))], "rq:job:", 8)``
     """
     keys = [key for queue, intermediate, window, _ in queues for key in (queue, intermediate, window)]
-    found = run(connection, FETCH_MANY, len(keys), *keys, job_key_prefix, count,
+    index, job_id = (first[0] + 1, first[1]) if first else (0, "")
+    found = run(connection, FETCH_MANY, len(keys), *keys, job_key_prefix, count, index, job_id,
                 *(backlog for *_, backlog in queues))
     return [(int(index) - 1, as_text(job_id), dict(zip(fields[0::2], fields[1::2])))
             for index, job_id, fields in zip(found[0::3], found[1::3], found[2::3])]

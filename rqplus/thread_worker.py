@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import heapq
+import math
 import os
 import sys
 import threading
@@ -227,20 +228,22 @@ class ThreadWorker(ConcurrentCompat, Worker):
         self.successes: SimpleQueue[tuple[Running, Any]] = SimpleQueue()
         self._recorder: threading.Thread | None = None
         self._registry_keys: dict[str, tuple[str, str]] = {}
+        self._fetched: list[tuple[Job, Queue]] = []  # fetched with the job RQ's loop runs next
         super().__init__(*args, **kwargs)
 
     # -- the work loop's side ------------------------------------------------------------------
 
-    # RQ change: RQ runs the job to its end here; this starts it, with as many more ready jobs as
-    # there are free threads (one round trip to fetch them, one to record their starts), and goes
-    # on fetching while jobs are ready, for up to a second; then RQ's loop takes over again (its
-    # checks, and a blocking wait when the queues are empty). A job fetched after a stop request
-    # goes back unstarted.
+    # RQ change: RQ runs the job to its end here; this starts it with the jobs fetched beside it
+    # (one round trip records their starts), and goes on fetching while jobs are ready and threads
+    # free, for up to a second; then RQ's loop takes over again (its checks, and a blocking wait
+    # when the queues are empty). Jobs fetched after a stop request go back unstarted.
     def execute_job(self, job: Job, queue: Queue) -> None:
+        batch, until = [(job, queue), *self._fetched], time.monotonic() + 1.0
+        self._fetched = []
         if self._stop_requested:
-            self.redis_call(put_back_unstarted, self.connection, queue, job.id)
+            for fetched, origin in batch:
+                self.redis_call(put_back_unstarted, self.connection, origin, fetched.id)
             return
-        batch, until = [(job, queue)], time.monotonic() + 1.0
         while True:
             free = self.concurrency - len(self._running) - len(batch)
             if free > 0 and self._batching:
@@ -381,14 +384,39 @@ class ThreadWorker(ConcurrentCompat, Worker):
         self.wait_while(lambda: bool(self._running))
         super().teardown()
 
-    # RQ change: in burst mode, an empty queue ends the run only once the running jobs have ended
-    # (they may enqueue more: dependents, retries).
+    # RQ change: RQ fetches one job per call (a blocking move, then the job's hash); here as many
+    # ready jobs as there are free threads, their hashes with them, in one round trip, waiting
+    # (one blocking command, no polling) when none is ready. In burst mode, empty queues end the
+    # run only once the running jobs have ended (they may enqueue more: dependents, retries).
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        return self.loop_step(self._dequeue_batch, timeout, max_idle_time)
+
+    def _dequeue_batch(self, timeout: int | None, max_idle_time: int | None) -> tuple[Job, Queue] | None:
+        self.set_state(WorkerStatus.IDLE)
+        self.procline("Listening on " + ",".join(self.queue_names()))
+        idle_since = time.monotonic()
         while True:
-            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-            if result is not None or timeout is not None or not self._running:
-                return result
-            self.wait_while(lambda: bool(self._running))
+            self.heartbeat()
+            if self.should_run_maintenance_tasks:
+                self.run_maintenance_tasks()
+            wait = timeout
+            if timeout is not None and max_idle_time is not None:
+                wait = min(timeout, math.ceil(max_idle_time - (time.monotonic() - idle_since)))
+                if wait <= 0:
+                    return None
+            free = max(1, self.concurrency - len(self._running))
+            batch = self.queue_class.dequeue_many(self._ordered_queues, free, self.connection, timeout=wait)
+            if batch:
+                break
+            if timeout is None:
+                if not self._running:
+                    return None
+                self.wait_while(lambda: bool(self._running))
+        for job, queue in batch:
+            self.log.info("Worker %s: %s: %s", self.name, green(queue.name), job.id)
+        self.reorder_queues(reference_queue=batch[0][1])
+        self._fetched = batch[1:]
+        return batch[0]
 
     # RQ change: a cold shutdown hands every running job back to its queue at once (RQ kills its
     # one work-horse; rqplus.Worker hands that job back).

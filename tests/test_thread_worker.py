@@ -163,7 +163,7 @@ def test_batched_bookkeeping_writes_what_rqs_own_steps_write(redis):
             "status": job.get_status(), "ttl": redis.ttl(job.key) > 590,
             "result": (result.type, result.worker_name.replace(name, "W"), result.execution_id is not None,
                        redis.ttl(Result.get_key(job.id)) > 590),
-            "finished": queue.finished_job_registry.get_job_ids() [-1] == job.id,
+            "finished": job.id in queue.finished_job_registry.get_job_ids(),
             "counts": (redis.hget(worker.key, "successful_job_count"), float(redis.hget(worker.key, "total_working_time")) > 0),
         }
     assert outcomes["rq"] == outcomes["rqplus"]
