@@ -180,3 +180,17 @@ def snapshot() -> dict:
             "execution registry": [m.decode() for m in connection.zrange(f"rq:executions:{job.id}", 0, -1)]
             == [execution_id], "ttl": connection.ttl(job.key), "worker executions":
             connection.smembers(f"rq:worker:{fields['worker_name'].decode()}:executions") == {entry.encode()}}
+
+
+def fail_first_run(tag: str) -> str:
+    """``record``; the first run of ``tag`` raises, later ones return ``tag`` (a job its Retry saves)."""
+    runs = get_current_job().connection.hincrby("test:runs", tag, 1)
+    record(tag)
+    if runs == 1:
+        raise RuntimeError(f"first run of {tag} fails on purpose")
+    return tag
+
+
+def on_success(job, connection, result, *args, **kwargs) -> None:
+    """A success callback: note the job's id and result in ``test:callbacks``."""
+    connection.rpush("test:callbacks", f"{job.id}={result}")

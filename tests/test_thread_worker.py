@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 from rq import Queue as RQQueue
-from rq import SimpleWorker
+from rq import Callback, Retry, SimpleWorker
 from rq.results import Result
 
 from rqplus import AsyncWorker, Queue, ThreadWorker
@@ -170,3 +170,17 @@ def test_batched_bookkeeping_writes_what_rqs_own_steps_write(redis):
     assert outcomes["rq"]["while running"]["status"] == "started"
     assert queue.started_job_registry.count == 0 and redis.keys("rq:execution:*") == []
     assert redis.keys("rq:executions:*") == []
+
+
+@pytest.mark.parametrize("worker_class", [ThreadWorker, AsyncWorker])
+def test_dependents_retries_and_callbacks_keep_rqs_behaviour(redis, worker_class):
+    queue = Queue("work", connection=redis)
+    parent = queue.enqueue("tests.jobs.record", "parent", 0.2)
+    child = queue.enqueue("tests.jobs.record", "child", depends_on=parent)
+    retried = queue.enqueue("tests.jobs.fail_first_run", "retried", retry=Retry(max=1))
+    called = queue.enqueue("tests.jobs.record", "called", on_success=Callback("tests.jobs.on_success"))
+    worker_class([queue], connection=redis, concurrency=4).work(burst=True)
+    assert [job.get_status(refresh=True) for job in (parent, child, retried, called)] == ["finished"] * 4
+    assert ran(redis).index("child") > ran(redis).index("parent")
+    assert ran(redis).count("retried") == 2 and retried.return_value() == "retried"
+    assert redis.lrange("test:callbacks", 0, -1) == [f"{called.id}=called".encode()]

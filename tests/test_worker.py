@@ -121,9 +121,10 @@ def test_rq_info_with_the_queue_class_counts_the_backlog(redis, redis_server):
         assert f" {expected}" in info.stdout, (queue_class, info.stdout)
 
 
-def test_idle_worker_blocks_instead_of_polling(redis, redis_server, processes):
+@pytest.mark.parametrize("worker_class", ["rqplus.Worker", "rqplus.ThreadWorker", "rqplus.AsyncWorker"])
+def test_idle_worker_blocks_instead_of_polling(redis, redis_server, processes, worker_class):
     """An idle rqplus worker sits in one BLMOVE: a handful of commands in 3 s, then wakes for a new job."""
-    worker = processes.rq_worker(redis_server.url, "work", burst=False)
+    worker = processes.rq_worker(redis_server.url, "work", burst=False, worker_class=worker_class)
     wait_for(lambda: redis.keys("rq:worker:*"), timeout=30)
     time.sleep(1)  # let start-up traffic settle
     before = redis.info("stats")["total_commands_processed"]
