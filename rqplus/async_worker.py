@@ -24,7 +24,8 @@ import threading
 from typing import Any
 
 from rqplus.compat import current_job
-from rqplus.thread_worker import DaemonThreads, Running, ThreadWorker, timeout_exception
+from rqplus.thread_worker import DaemonThreads, Running, ThreadWorker
+from rqplus.timeouts import timeout_exception
 
 #: Threads for plain (not ``async def``) job functions and for recording jobs' ends, at most.
 THREADS = 32
