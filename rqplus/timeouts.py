@@ -85,8 +85,10 @@ class Watchdog:
 def timeout_exception(timeout: int | None) -> type[JobTimeoutException]:
     """``JobTimeoutException`` carrying RQ's message for ``timeout``, raisable by class alone."""
     message = f"Task exceeded maximum timeout value ({timeout} seconds)"
+    # Exception's own __init__: RQ's TimerDeathPenalty replaces JobTimeoutException.__init__ with
+    # one that prints the timeout of the last callback it guarded
     return type("JobTimeoutException", (JobTimeoutException,), {
-        "__init__": lambda self, *args: JobTimeoutException.__init__(self, message),
+        "__init__": lambda self, *args: Exception.__init__(self, message),
         "__module__": JobTimeoutException.__module__})
 
 
