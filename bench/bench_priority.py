@@ -258,9 +258,19 @@ def main() -> None:
         parts = [rates(conn, durable_conn, sizes)]
         conn.close()
         durable_conn.close()
-    print(f"rqplus {rqplus.__version__} ({revision()}) vs rq {rq.__version__} | redis-server {redis_version}, redis-py "
+    report(f"rq {rq.__version__}", redis_version, load, args.quick, sizes.rounds, began, parts)
+
+
+def report(against: str, redis_version: str, load: float, quick: bool, rounds: int, began: float,
+           parts: list[str]) -> None:
+    """Print the header line (versions, git revision, machine, load before and after, run kind)
+    and the tables, as every bench script does.
+
+    Usage: ``report("rq 3.0.0", "7.0.15", load, args.quick, sizes.rounds, began, [table])``
+    """
+    print(f"rqplus {rqplus.__version__} ({revision()}) vs {against} | redis-server {redis_version}, redis-py "
           f"{redis.__version__}, Python {platform.python_version()} | {os.cpu_count()} cpus, load "
-          f"{load:.2f} -> {os.getloadavg()[0]:.2f} | {'quick' if args.quick else 'full'}, {sizes.rounds} rounds, "
+          f"{load:.2f} -> {os.getloadavg()[0]:.2f} | {'quick' if quick else 'full'}, {rounds} rounds, "
           f"{time.perf_counter() - began:.0f} s\n")
     print("\n\n".join(parts))
 

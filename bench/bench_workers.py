@@ -66,7 +66,6 @@ import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import importlib  # noqa: E402
 import importlib.metadata  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
@@ -81,13 +80,11 @@ from typing import Protocol  # noqa: E402
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import redis  # noqa: E402
 import rq  # noqa: E402
 from redis import Redis  # noqa: E402
 from rq.utils import import_attribute  # noqa: E402
 
-import rqplus  # noqa: E402
-from bench.bench_priority import command_line, interleave, progress, revision, table  # noqa: E402
+from bench.bench_priority import command_line, interleave, progress, report, table  # noqa: E402
 from bench.jobs import CLOCK_URL_ENV, SLEEP  # noqa: E402
 from rqplus.embedded import RedisServer  # noqa: E402
 
@@ -235,10 +232,9 @@ def contestants(conn: Redis, url: str) -> list[Contestant]:
         Contestant("rq Worker (fork per job)", rq_side("rq.Worker"), forks=True),
         Contestant("rq SimpleWorker", rq_side("rq.SimpleWorker")),
         Contestant("rqplus Worker (fork per job)", rq_side("rqplus.Worker", "rqplus.Queue"), forks=True),
-        Contestant("rqplus ThreadWorker", rq_side("rqplus.ThreadWorker", "rqplus.Queue"), concurrency=8,
-                   missing=None if hasattr(rqplus, "ThreadWorker") else "n/a (not importable)"),
+        Contestant("rqplus ThreadWorker", rq_side("rqplus.ThreadWorker", "rqplus.Queue"), concurrency=8),
         Contestant("rqplus AsyncWorker", rq_side("rqplus.AsyncWorker", "rqplus.Queue", asynchronous=True),
-                   concurrency=100, missing=None if hasattr(rqplus, "AsyncWorker") else "n/a (not importable)"),
+                   concurrency=100),
         Contestant("dramatiq (Redis broker)", DramatiqSide, concurrency=8),
         Contestant("huey (RedisHuey)", HueySide, concurrency=8),
     ]
@@ -625,11 +621,7 @@ def main() -> None:
                  io_table(rows, io, sizes)]
         conn.close()
         bench.clock.close()
-    print(f"rqplus {rqplus.__version__} ({revision()}) vs {versions()} | redis-server {redis_version}, redis-py "
-          f"{redis.__version__}, Python {platform.python_version()} | {os.cpu_count()} cpus, load {load:.2f} -> "
-          f"{os.getloadavg()[0]:.2f} | {'quick' if args.quick else 'full'}, {sizes.rounds} rounds, "
-          f"{time.perf_counter() - began:.0f} s\n")
-    print("\n\n".join(parts))
+    report(versions(), redis_version, load, args.quick, sizes.rounds, began, parts)
 
 
 if __name__ == "__main__":
