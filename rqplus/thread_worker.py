@@ -336,7 +336,7 @@ class ThreadWorker(ConcurrentCompat, Worker):
                 wait = min(timeout, math.ceil(max_idle_time - (time.monotonic() - idle_since)))
                 if wait <= 0:
                     return None
-            free = max(1, self.concurrency - len(self._running))
+            free = max(1, self.concurrency - len(self._running)) if self._batching else 1
             batch = self.queue_class.dequeue_many(self._ordered_queues, free, self.connection, timeout=wait)
             if batch:
                 break

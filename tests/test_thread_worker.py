@@ -184,3 +184,11 @@ def test_dependents_retries_and_callbacks_keep_rqs_behaviour(redis, worker_class
     assert ran(redis).index("child") > ran(redis).index("parent")
     assert ran(redis).count("retried") == 2 and retried.return_value() == "retried"
     assert redis.lrange("test:callbacks", 0, -1) == [f"{called.id}=called".encode()]
+
+
+def test_max_jobs_counts_jobs_one_by_one(redis):
+    queue = Queue("work", connection=redis)
+    for n in range(6):
+        queue.enqueue("tests.jobs.record", f"m{n}")
+    ThreadWorker([queue], connection=redis, concurrency=4).work(burst=True, max_jobs=3)
+    assert sorted(ran(redis)) == ["m0", "m1", "m2"] and queue.count == 3
