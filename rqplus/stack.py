@@ -131,7 +131,7 @@ def stop_workers(workers: Sequence[subprocess.Popen], timeout: float = WORKER_ST
 class Stack:
     """A Redis (see the module's docstring for which) and ``workers`` rqplus worker processes on ``queues``.
 
-    The workers are a :class:`rqplus.pool.WorkerPool` (each in its own process group, replaced if it
+    The workers are a :class:`rqplus.pool.WorkerPool` (each in its own session, replaced if it
     dies), with the current directory as their working directory, their output in ``worker_log`` if
     given (else this process' terminal); ``worker_class`` and ``concurrency`` as the pool takes them.
     Progress lines go to ``out`` (default: stdout). As a context manager, leaving it stops everything.
