@@ -4,6 +4,7 @@ Usage::
 
     rqplus up --demo                 # embedded Redis (or $REDIS_URL), 2 workers, a live demo
     rqplus up --workers 4 emails     # 4 workers on queue "emails"
+    rqplus worker --processes 4 emails payments   # 4 supervised worker processes, drained on SIGTERM
     rqplus check                     # is $REDIS_URL durable enough for queues? exit 0 yes, 1 no, 2 unreachable
     rqplus dashboard                 # the secured dashboard on http://127.0.0.1:9181/
     rqplus requeue --queue emails    # requeue the failed jobs of "emails", each at its priority
@@ -11,19 +12,21 @@ Usage::
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit
 
 import click
 from redis import Redis
 from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError, TimeoutError
 
-from rqplus import __version__, durability, requeue, stack
+from rqplus import __version__, durability, pool, requeue, stack
 from rqplus.connections import REDIS_URL_ENV, connect, explain, one_attempt, redact, redis_url, url_is_configured
-from rqplus.defaults import DASHBOARD_HOST, DASHBOARD_PORT, DASHBOARD_PREFIX
+from rqplus.defaults import (DASHBOARD_HOST, DASHBOARD_PORT, DASHBOARD_PREFIX, DEFAULT_QUEUES, POOL_PROCESSES,
+                             WORKER_STOP_TIMEOUT)
 from rqplus.exceptions import UnknownQueueError
 
 #: Seconds ``rqplus check`` waits to connect and for each answer (one attempt, no retries), and
@@ -37,9 +40,25 @@ def main() -> None:
     """rqplus: RQ job queues with per-job priority."""
 
 
+def concurrency_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--threads N`` / ``--async N``: which worker class each process runs, and how many jobs at once."""
+    command = click.option("--async", "tasks", type=click.IntRange(min=1), metavar="N",
+                           help="Each process runs rqplus.AsyncWorker, N jobs at once in an event loop.")(command)
+    return click.option("--threads", type=click.IntRange(min=1), metavar="N",
+                        help="Each process runs rqplus.ThreadWorker, N jobs at once in threads.")(command)
+
+
+def _worker_class(threads: int | None, tasks: int | None, worker_class: str | None = None) -> tuple[str, int | None]:
+    try:
+        return pool.worker_class_for(threads, tasks, worker_class)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+
+
 @main.command(short_help="Run Redis and rqplus workers until Ctrl-C.")
-@click.option("--workers", "-n", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--workers", "-n", type=click.IntRange(min=1), default=POOL_PROCESSES, show_default=True,
               help="Number of worker processes.")
+@concurrency_options
 @click.option("--demo", is_flag=True,
               help='Enqueue demo jobs of every priority on queue "demo" and show their progress.')
 @click.option("--exit-when-done", is_flag=True, help="With --demo: stop once every demo job has run.")
@@ -49,8 +68,8 @@ def main() -> None:
               help="Serve the dashboard on 127.0.0.1 at this port (0: any free port; another one if taken).")
 @click.option("--no-dashboard", is_flag=True, help="Do not serve the dashboard.")
 @click.argument("queues", nargs=-1)
-def up(workers: int, demo: bool, exit_when_done: bool, url: str | None, dashboard_port: int, no_dashboard: bool,
-       queues: tuple[str, ...]) -> None:
+def up(workers: int, threads: int | None, tasks: int | None, demo: bool, exit_when_done: bool, url: str | None,
+       dashboard_port: int, no_dashboard: bool, queues: tuple[str, ...]) -> None:
     """Run a local stack: Redis, rqplus workers on QUEUES (default: "default") and the dashboard, until Ctrl-C.
 
     Without --url or $REDIS_URL, a Redis answering at 127.0.0.1:6379 is used; if none does, an
@@ -60,12 +79,50 @@ def up(workers: int, demo: bool, exit_when_done: bool, url: str | None, dashboar
     """
     if exit_when_done and not demo:
         raise click.UsageError("--exit-when-done needs --demo")
+    worker_class, concurrency = _worker_class(threads, tasks)
     try:
         stack.up(queues, workers=workers, url=url, demo=demo, exit_when_done=exit_when_done,
-                 dashboard_port=None if no_dashboard else dashboard_port)
+                 dashboard_port=None if no_dashboard else dashboard_port, worker_class=worker_class,
+                 concurrency=concurrency)
     except stack.StackError as error:
         click.echo(f"rqplus up: error: {error}", err=True)
         raise SystemExit(error.exit_code) from None
+
+
+@main.command(short_help="Run a supervised pool of rqplus worker processes.")
+@click.option("--processes", "-p", type=click.IntRange(min=1), default=POOL_PROCESSES, show_default=True,
+              help="Number of worker processes.")
+@concurrency_options
+@click.option("--worker-class", "-w", metavar="CLASS",
+              help="Dotted path of the worker class (default: rqplus.Worker, or as --threads/--async say).")
+@click.option("--burst", "-b", is_flag=True, help="Workers quit once the queues are empty; then the pool exits.")
+@click.option("--url", "-u", metavar="URL", help="Redis to use (default: $REDIS_URL, else redis://127.0.0.1:6379/0).")
+@click.option("--stop-timeout", type=click.FloatRange(min=0), default=WORKER_STOP_TIMEOUT, show_default=True,
+              metavar="SECONDS", help="On SIGTERM/Ctrl-C, how long running jobs may take to finish before they "
+              "are put back in their queues.")
+@click.option("--with-scheduler/--no-scheduler", default=True, show_default=True,
+              help="Workers run RQ's scheduler (one at a time holds its lock) for enqueue_at/enqueue_in jobs.")
+@click.argument("queues", nargs=-1)
+def worker(processes: int, threads: int | None, tasks: int | None, worker_class: str | None, burst: bool,
+           url: str | None, stop_timeout: float, with_scheduler: bool, queues: tuple[str, ...]) -> None:
+    """Run PROCESSES rqplus workers on QUEUES (first named first; default: "default"), each an `rq worker`
+    process, replaced if it dies, until SIGTERM or Ctrl-C.
+
+    SIGTERM or Ctrl-C: each worker finishes its running job (warm shutdown); after --stop-timeout, the
+    jobs still running go back to their queues (cold shutdown; a second Ctrl-C does it at once), and a
+    worker still there 3 s later is killed. Exits 0 after a clean stop, 1 if a worker had to be killed
+    or workers keep exiting right after their start (5 in a row: not restarted), 2 if Redis cannot be
+    used. With --burst, exits once every worker has emptied the queues.
+    """
+    worker_class, concurrency = _worker_class(threads, tasks, worker_class)
+    chosen, where = _chosen_url("worker", url)
+    problem = stack.why_not_redis(chosen)
+    if problem:
+        _failed("worker", f"cannot use Redis at {where}: {problem}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s rqplus worker: %(message)s", datefmt="%H:%M:%S")
+    workers = pool.WorkerPool(queues or DEFAULT_QUEUES, processes, worker_class=worker_class, concurrency=concurrency,
+                              url=chosen, burst=burst, stop_timeout=stop_timeout, scheduler=with_scheduler)
+    raise SystemExit(workers.run())
 
 
 @main.command(short_help="Check that Redis is durable enough for queues.")

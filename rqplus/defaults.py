@@ -13,6 +13,10 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATA_DIR = ".rqplus"
 #: Queues served by ``rqplus up`` when none are named.
 DEFAULT_QUEUES = ("default",)
+#: Worker processes of ``rqplus worker`` and ``rqplus up`` unless told otherwise.
+POOL_PROCESSES = 2
+#: How long a stopping worker may take to finish its current job before its cold shutdown, in seconds.
+WORKER_STOP_TIMEOUT = 30.0
 
 #: Longest queue name accepted by ``rqplus.Queue`` (a key is built from it for every queue structure).
 MAX_QUEUE_NAME = 1000

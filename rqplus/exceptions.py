@@ -45,3 +45,11 @@ class UnknownQueueError(ValueError):
 
     Raised by :func:`rqplus.requeue.start`; the dashboard answers 404, ``rqplus requeue`` exits 2.
     """
+
+
+class PoolError(RuntimeError):
+    """A worker pool gave up: one slot's workers kept exiting right after their start.
+
+    Raised by :meth:`rqplus.pool.WorkerPool.check`; ``rqplus worker`` then drains the other workers
+    and exits 1, ``rqplus up`` stops.
+    """

@@ -11,13 +11,12 @@ Usage::
     from rqplus.stack import up
     up(["emails"], workers=2)                     # what `rqplus up emails` runs; returns on Ctrl-C
 
-    with Stack(["emails"], workers=2) as stack:   # the same stack, driven from Python
+    with Stack(["emails"], workers=2) as stack:   # the same stack, driven from Python (workers: a WorkerPool)
         Queue("emails", connection=stack.connection()).enqueue(send_email, priority=0)
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import signal
@@ -35,9 +34,13 @@ from redis import Redis
 from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError
 
 from rqplus.connections import REDIS_URL_ENV, connect, explain, is_reachable, redact, redis_url, url_is_configured
-from rqplus.defaults import DASHBOARD_HOST, DEFAULT_DATA_DIR, DEFAULT_QUEUES, DEFAULT_REDIS_URL
+from rqplus.defaults import DASHBOARD_HOST, DEFAULT_DATA_DIR, DEFAULT_QUEUES, DEFAULT_REDIS_URL, WORKER_STOP_TIMEOUT
 from rqplus.durability import check
 from rqplus.embedded import DURABLE_CONFIG, RedisServer, RedisServerError
+from rqplus.exceptions import PoolError
+from rqplus.pool import WORKER_CLASS, WorkerPool, drain
+from rqplus.pool import descendants, kill_tree  # noqa: F401 -- importable from here, as before the pool
+from rqplus.pool import worker_command as pool_worker_command
 from rqplus.queue import Queue
 
 if TYPE_CHECKING:  # Flask and rq-dashboard only load when the dashboard runs
@@ -45,8 +48,6 @@ if TYPE_CHECKING:  # Flask and rq-dashboard only load when the dashboard runs
 
 #: Environment variable naming where ``rqplus up`` looks for (or starts) a local Redis.
 LOCAL_URL_ENV = "RQPLUS_LOCAL_URL"
-#: How long a stopping worker may take to finish its current job before it is killed, in seconds.
-WORKER_STOP_TIMEOUT = 30.0
 #: The user ``rqplus up`` makes up for the dashboard when none is configured.
 DASHBOARD_USER = "admin"
 #: How often ``up`` checks its processes and redraws the demo table, in seconds.
@@ -113,67 +114,26 @@ def worker_command(queues: Sequence[str]) -> list[str]:
 
     Usage: ``subprocess.Popen(worker_command(["emails"]), env={**os.environ, "RQ_REDIS_URL": url})``
     """
-    return [sys.executable, "-m", "rq.cli", "worker", "-w", "rqplus.Worker", "--queue-class", "rqplus.Queue",
-            "--with-scheduler", *queues]
+    return pool_worker_command(queues)
 
 
-def descendants(pid: int) -> list[int]:
-    """Every descendant pid of ``pid``, children first (Linux ``/proc``; empty where there is none).
-
-    Usage: ``descendants(worker.pid)  # -> [work-horse pid, ...]``
-    """
-    found = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            for child in map(int, children.read_text().split()):
-                found += [child, *descendants(child)]
-    return found
-
-
-def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
-    """Signal ``pid``'s process group and every descendant with theirs.
-
-    RQ's work-horse leaves its worker's group (``os.setpgrp`` in ``fork_work_horse``): a group
-    kill alone would leave the job it runs going on.
-
-    Usage: ``kill_tree(worker.pid)``
-    """
-    found = descendants(pid)  # before the kill: orphans are re-parented and could not be found after
-    for target in (pid, *found):  # each group leader (``pid`` itself, a work-horse) with its group
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(target, sig)
-    for target in found:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(target, sig)
-
-
-def stop_workers(workers: Sequence[subprocess.Popen], timeout: float = WORKER_STOP_TIMEOUT) -> None:
-    """Warm shutdown: SIGTERM each worker, wait up to ``timeout`` s, then SIGKILL what is left of
-    each, work-horse and the job's own children included (:func:`kill_tree`).
-
-    Only the worker gets SIGTERM: RQ then finishes the current job, whereas its work horse would
-    die of a SIGTERM.
+def stop_workers(workers: Sequence[subprocess.Popen], timeout: float = WORKER_STOP_TIMEOUT,
+                 grace: float | None = None) -> None:
+    """Warm shutdown: SIGTERM each worker, wait up to ``timeout`` s, then a cold one (SIGTERM again:
+    running jobs go back to their queues), then SIGKILL what is left of each after ``grace`` s,
+    work-horse and the job's own children included (:func:`rqplus.pool.drain`).
 
     Usage: ``stop_workers(stack.workers, timeout=10)``
     """
-    for worker in workers:
-        if worker.poll() is None:
-            worker.terminate()
-    deadline = time.monotonic() + timeout
-    for worker in workers:
-        try:
-            worker.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        kill_tree(worker.pid)
-        worker.wait()
+    drain(workers, timeout, **({} if grace is None else {"grace": grace}))
 
 
 class Stack:
     """A Redis (see the module's docstring for which) and ``workers`` rqplus worker processes on ``queues``.
 
-    Each worker runs ``worker_command`` in its own process group, with the current directory as
-    its working directory, its output in ``worker_log`` if given (else this process' terminal).
+    The workers are a :class:`rqplus.pool.WorkerPool` (each in its own session, replaced if it
+    dies), with the current directory as their working directory, their output in ``worker_log`` if
+    given (else this process' terminal); ``worker_class`` and ``concurrency`` as the pool takes them.
     Progress lines go to ``out`` (default: stdout). As a context manager, leaving it stops everything.
 
     Usage: ``with Stack(["emails"], url="redis://127.0.0.1:6380/0") as stack: ...``
@@ -191,6 +151,8 @@ class Stack:
         stop_timeout: float = WORKER_STOP_TIMEOUT,
         dashboard_port: int | None = None,
         env: dict[str, str] | None = None,
+        worker_class: str = WORKER_CLASS,
+        concurrency: int | None = None,
     ):
         self.queues = list(queues)
         #: Environment the workers get on top of this process' own.
@@ -206,7 +168,10 @@ class Stack:
         self.url: str | None = None
         #: The embedded Redis, if one was started.
         self.server: RedisServer | None = None
-        self.workers: list[subprocess.Popen] = []
+        self.worker_class = worker_class
+        self.concurrency = concurrency
+        #: The worker processes, once started.
+        self.pool: WorkerPool | None = None
         #: Port for the dashboard (0: any free one), None for no dashboard.
         self.dashboard_port = dashboard_port
         #: The dashboard's waitress server (one loopback socket), once started.
@@ -261,24 +226,22 @@ class Stack:
         if not report.ok:
             self.say("warning: this Redis is not durable: " + "; ".join(report.problems))
 
+    @property
+    def workers(self) -> list[subprocess.Popen]:
+        """The worker processes running now."""
+        return self.pool.processes if self.pool else []
+
     def _start_workers(self) -> None:
-        env = {**os.environ, **self.env, "RQ_REDIS_URL": self.url}
-        log = None
-        if self.worker_log:
-            self.worker_log.parent.mkdir(parents=True, exist_ok=True)
-            log = open(self.worker_log, "a")
-        try:
-            for _ in range(self.worker_count):
-                self.workers.append(subprocess.Popen(
-                    worker_command(self.queues), env=env, start_new_session=True,
-                    stdout=log, stderr=subprocess.STDOUT if log else None,
-                ))
-        finally:
-            if log:
-                log.close()
+        if not self.worker_count:
+            return
+        self.pool = WorkerPool(self.queues, self.worker_count, worker_class=self.worker_class,
+                               concurrency=self.concurrency, url=self.url, stop_timeout=self.stop_timeout,
+                               env=self.env, output=self.worker_log).start()
         pids = ", ".join(str(worker.pid) for worker in self.workers)
         logs = f"; their logs in {self.worker_log}" if self.worker_log else ""
-        self.say(f"Workers: {len(self.workers)} rqplus workers (pids {pids}) with scheduler on queues "
+        kind = "" if self.worker_class == WORKER_CLASS and self.concurrency is None else \
+            f" ({self.worker_class}{f', {self.concurrency} jobs at once each' if self.concurrency else ''})"
+        self.say(f"Workers: {len(self.workers)} rqplus workers{kind} (pids {pids}) with scheduler on queues "
                  f"{', '.join(self.queues)}{logs}")
 
     def _start_dashboard(self) -> None:
@@ -307,11 +270,14 @@ class Stack:
         return connect(self.url)
 
     def check(self) -> None:
-        """Raise ``StackError`` if a worker or the embedded Redis has exited."""
-        for worker in self.workers:
-            if worker.poll() is not None:
+        """Replace a worker that exited; raise ``StackError`` if workers keep exiting right after their
+        start (see :meth:`rqplus.pool.WorkerPool.check`) or the embedded Redis has exited."""
+        if self.pool:
+            try:
+                self.pool.check()
+            except PoolError as error:
                 logs = f"; see {self.worker_log}" if self.worker_log else ""
-                raise StackError(f"worker pid {worker.pid} exited with status {worker.returncode}{logs}")
+                raise StackError(f"{error}{logs}") from error
         if self.server and self.server.process and self.server.process.poll() is not None:
             raise StackError(f"the embedded redis-server exited; see {self.server.log_path}")
 
@@ -323,8 +289,9 @@ class Stack:
             self.dashboard = None
         if self.workers:
             self.say(f"Stopping {len(self.workers)} workers: each finishes its current job "
-                     f"(killed after {self.stop_timeout:g} s)")
-            stop_workers(self.workers, self.stop_timeout)
+                     f"(after {self.stop_timeout:g} s its job goes back to its queue)")
+        if self.pool:
+            self.pool.stop()
         if self.server:
             self.server.stop()
             self.say(f"Stopped the embedded Redis; its data stays in {self.server.data_dir} for the next run")
@@ -367,12 +334,16 @@ def up(
     data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
     out: TextIO | None = None,
     dashboard_port: int | None = None,
+    worker_class: str = WORKER_CLASS,
+    concurrency: int | None = None,
 ) -> None:
     """Run a ``Stack`` until Ctrl-C or SIGTERM, then stop it cleanly; call from the main thread.
 
     ``demo`` also enqueues the demo batch (:mod:`tasks.demo`) and shows its progress table;
     with ``exit_when_done`` it returns once no demo job is queued or running. ``dashboard_port``:
-    serve the dashboard there (0: any free port), on loopback.
+    serve the dashboard there (0: any free port), on loopback. ``worker_class``, ``concurrency``:
+    the workers' (:class:`rqplus.pool.WorkerPool`). A second Ctrl-C or SIGTERM during the stop
+    hurries the workers to their cold shutdown (running jobs go back to their queues).
     Raises ``StackError`` (``exit_code`` 2 for an unusable ``url`` / ``$REDIS_URL``).
 
     Usage: ``up(["emails"], workers=4)``
@@ -386,7 +357,8 @@ def up(
         sink = demo_jobs.MailSink(data_dir / "mail")
     stack = Stack(queues or DEFAULT_QUEUES, workers=workers, url=url, local_url=local_url, data_dir=data_dir,
                   # the demo table needs the terminal to itself
-                  worker_log=data_dir / "workers.log" if demo else None, out=out, dashboard_port=dashboard_port)
+                  worker_log=data_dir / "workers.log" if demo else None, out=out, dashboard_port=dashboard_port,
+                  worker_class=worker_class, concurrency=concurrency)
     with _stopped_by_signals():
         try:
             if demo:
@@ -411,9 +383,10 @@ def up(
         except RedisError as error:
             raise StackError(f"Redis failed: {error}") from error
         finally:
-            # a second Ctrl-C must not cut the shutdown short: that is how orphans are made
+            # a second Ctrl-C must not cut the shutdown short (that is how orphans are made): it only
+            # hurries the workers to their cold shutdown
             for sig in _STOP_SIGNALS:
-                signal.signal(sig, signal.SIG_IGN)
+                signal.signal(sig, lambda signum, frame: stack.pool and stack.pool.hurry())
             stack.stop()
             if demo:
                 sink.stop()

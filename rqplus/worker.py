@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from redis.client import Pipeline
 from redis.exceptions import RedisError
+from rq import Queue as RQQueue
 from rq import Worker as RQWorker
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import StopRequested
@@ -83,9 +84,25 @@ class Worker(WorkerCompat, RQWorker):
         # (on copies of the queues: a Queue object the caller passed in keeps its own classes)
         self.serializer = worker_serializer(self.serializer)
         self.job_class = judged_job_class(self.job_class)
-        self.queues = [copy.copy(queue) for queue in self.queues]
+        # RQ change: a stock rq.Queue as queue class (RQ's CLI default without --queue-class, and all
+        # that `rq worker-pool` passes on rq 2.12) becomes rqplus.Queue, and so do stock queues given:
+        # a stock queue would put retried jobs at the tail and fetch several queues unreliably.
+        if self.queue_class is RQQueue:
+            self.queue_class = Queue
+        self.queues = [self.own_queue(queue) for queue in self.queues]
+        self._ordered_queues = self.queues[:]
         for queue in self.queues:
             queue.serializer, queue.job_class = self.serializer, self.job_class
+
+    def own_queue(self, queue: RQQueue) -> RQQueue:
+        """A copy of ``queue`` for this worker; a stock ``rq.Queue`` becomes one of ``queue_class``.
+
+        Usage: ``worker.own_queue(rq.Queue("emails", connection=redis))  # -> rqplus.Queue('emails')``
+        """
+        if type(queue) is not RQQueue or self.queue_class is RQQueue:
+            return copy.copy(queue)
+        return self.queue_class(name=queue.name, connection=self.connection, job_class=self.job_class,
+                                serializer=self.serializer, death_penalty_class=self.death_penalty_class)
 
     @property
     def liveness_ttl(self) -> int:

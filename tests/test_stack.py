@@ -131,19 +131,34 @@ def test_stop_workers_kills_what_ignores_sigterm_with_its_children(tmp_path):
                 "print('ready', flush=True); time.sleep(60)"]
     worker = subprocess.Popen(stubborn, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, text=True)
     assert worker.stdout.readline() == "ready\n"
-    stop_workers([worker], timeout=0.5)
+    stop_workers([worker], timeout=0.5, grace=0.5)  # warm, cold: both ignored
     assert worker.returncode == -9
     wait_for(lambda: processes_in(tmp_path.resolve()) == [], timeout=5)
 
 
-def test_a_job_still_running_at_the_stop_deadline_dies_with_its_worker(redis_factory, in_tmp, monkeypatch):
-    """RQ's work-horse runs in a process group of its own: killing the worker's group missed it."""
+def test_a_job_still_running_at_the_stop_deadline_goes_back_to_its_queue(redis_factory, in_tmp, monkeypatch):
+    """The cold shutdown hands the job back; RQ's work-horse runs in a process group of its own, and
+    nothing of it outlives the stack."""
     server = redis_factory()
     monkeypatch.setenv("REDIS_URL", server.url)
     with Stack(["q"], workers=1, stop_timeout=1, out=io.StringIO()):
         job = Queue("q", connection=server.client()).enqueue(demo.work, 60, "outlives the deadline")
         wait_for(lambda: job.get_status(refresh=True) == "started")
     wait_for(lambda: processes_in(in_tmp) == [], timeout=5)
+    assert job.get_status(refresh=True) == "queued", "the cold shutdown handed it back"
+
+
+def test_a_worker_that_dies_is_replaced(redis_factory, in_tmp, monkeypatch):
+    server = redis_factory()
+    monkeypatch.setenv("REDIS_URL", server.url)
+    with Stack(["q"], workers=1, out=io.StringIO()) as stack:
+        first = stack.workers[0]
+        wait_for(lambda: Worker.count(connection=server.client()) == 1)
+        first.kill()
+        wait_for(lambda: stack.check() or stack.workers and stack.workers[0].pid != first.pid)
+        job = Queue("q", connection=server.client()).enqueue(demo.work, 0, "after the replacement")
+        wait_for(lambda: job.get_status(refresh=True) == "finished")
+    assert processes_in(in_tmp) == []
 
 
 def test_demo_batch_is_queued_most_urgent_first_and_resumed_not_doubled(redis):

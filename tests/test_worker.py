@@ -197,3 +197,17 @@ def test_jobs_keep_rqs_socket_timeout_on_the_worker_connection(redis):
     worker = Worker(["work"], connection=redis)
     assert worker.dequeue_timeout == 5
     assert worker.connection_timeout == RQWorker(["work"], connection=redis).connection_timeout == 415
+
+
+def test_a_stock_queue_class_or_queue_given_is_taken_as_an_rqplus_queue(redis):
+    """RQ's CLI passes rq.Queue without --queue-class, and `rq worker-pool` of rq 2.12 always does
+    (tests/test_pool.py runs it): the worker still fetches, retries and rescues with rqplus.Queue."""
+    class Custom(Queue):
+        pass
+
+    worker = Worker([RQQueue("a", connection=redis), Custom("b", connection=redis), "c"], connection=redis,
+                    queue_class=RQQueue)
+    assert worker.queue_class is Queue
+    assert [(type(queue), queue.name) for queue in worker.queues] == [(Queue, "a"), (Custom, "b"), (Queue, "c")]
+    assert worker._ordered_queues == worker.queues and worker.queues[0].job_class is worker.job_class
+    assert Worker(["a"], connection=redis, queue_class=Custom).queue_class is Custom
