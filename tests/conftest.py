@@ -301,3 +301,10 @@ def run_shell(code: str, replace: dict[str, str], cwd: Path = ROOT, stdin: str =
         kill_tree(shell.pid)  # nothing it started outlives the test, even on a timeout
     assert shell.returncode == 0, out + err
     return out
+
+
+def overlapped(jobs) -> bool:
+    """True when every job started before any of them ended: they all ran at once."""
+    for job in jobs:
+        job.refresh()
+    return max(job.started_at for job in jobs) < min(job.ended_at for job in jobs)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rqplus import AsyncWorker, Queue
+from tests.conftest import overlapped
 from tests.jobs import REDIS_URL_ENV, ran
-from tests.test_thread_worker import overlapped
 
 
 @pytest.fixture(autouse=True)

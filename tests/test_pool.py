@@ -22,7 +22,7 @@ from rq.job import Job
 from rqplus import Queue
 from rqplus.cli import main
 from rqplus.pool import MAX_QUICK_EXITS, WorkerPool, descendants
-from tests.conftest import ROOT, Processes, doc_examples, run_shell, wait_for
+from tests.conftest import ROOT, Processes, doc_examples, overlapped, run_shell, wait_for
 from tests.jobs import ran
 
 STARTED = re.compile(r"worker (\d+)/\d+ started, pid (\d+)")
@@ -211,3 +211,15 @@ def test_the_documented_pool_runs(redis_server, tmp_path):
     Queue("emails", connection=redis).enqueue("tests.jobs.record", "documented", priority=1)
     run_shell(example, {"redis://127.0.0.1:6379/0": redis_server.url, "--processes 4": "--processes 2 --burst"})
     assert ran(redis) == ["documented"]
+
+
+@pytest.mark.parametrize("option, worker_class", [("--threads", "ThreadWorker"), ("--async", "AsyncWorker")])
+def test_a_pool_of_thread_or_async_workers_runs_jobs_at_once(redis, redis_server, processes, option, worker_class):
+    queue = Queue("default", connection=redis)
+    jobs = [queue.enqueue("tests.jobs.record", f"j{n}", 1.0) for n in range(8)]
+    pool = rqplus_worker(processes, redis_server.url, "--processes", "2", option, "4", "--burst")
+    out = processes.finish(pool)
+    assert pool.returncode == 0, out
+    assert f"-w rqplus.{worker_class} --queue-class rqplus.Queue" in out
+    assert all(job.get_status(refresh=True) == "finished" for job in jobs)
+    assert overlapped(jobs), "8 jobs of 1 s on 2 processes of 4: all at once"

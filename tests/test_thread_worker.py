@@ -14,17 +14,10 @@ from rq.results import Result
 
 from rqplus import AsyncWorker, Queue, ThreadWorker
 from rqplus.dashboard.metrics import workers
-from tests.conftest import wait_for
+from tests.conftest import overlapped, wait_for
 from tests.jobs import REDIS_URL_ENV, WAITING_KEY, ran
 
 CLASSES = {"rqplus.ThreadWorker": "tests.jobs.slow_first_run", "rqplus.AsyncWorker": "tests.jobs.sleep_async_first_run"}
-
-
-def overlapped(jobs) -> bool:
-    """True when every job started before any of them ended: they all ran at once."""
-    for job in jobs:
-        job.refresh()
-    return max(job.started_at for job in jobs) < min(job.ended_at for job in jobs)
 
 
 def test_rq_worker_cli_runs_n_jobs_at_once(redis, redis_server, processes):
