@@ -40,7 +40,7 @@ class AsyncWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self._threads = DaemonThreads("rqplus-async", limit=min(self.concurrency, THREADS))
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: dict[str, asyncio.Task] = {}  # execution id -> the task running its job
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -56,8 +56,16 @@ class AsyncWorker(ThreadWorker):
     def _spawn(self, runs: list[Running]) -> None:
         for run in runs:
             task = self.loop.create_task(self.perform_async(run))
-            self._tasks.add(task)  # the loop keeps only weak references to its tasks
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[run.execution.id] = task  # the loop keeps only weak references to its tasks
+            task.add_done_callback(lambda _, key=run.execution.id: self._tasks.pop(key, None))
+
+    def stop(self, run: Running) -> None:
+        """Stop ``run``'s job: a coroutine is cancelled, a plain function stopped in its thread."""
+        task = self._tasks.get(run.execution.id)
+        if run.ident is None and task is not None:
+            self.loop.call_soon_threadsafe(task.cancel)
+        else:
+            super().stop(run)
 
     async def perform_async(self, run: Running) -> None:
         """``ThreadWorker.perform`` on the loop: the function awaited here, the bookkeeping in threads."""

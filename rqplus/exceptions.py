@@ -53,3 +53,8 @@ class PoolError(RuntimeError):
     Raised by :meth:`rqplus.pool.WorkerPool.check`; ``rqplus worker`` then drains the other workers
     and exits 1, ``rqplus up`` stops.
     """
+
+
+class JobStopped(Exception):
+    """RQ's stop-job command (``rq.command.send_stop_job_command``) reached a job that a
+    ThreadWorker or AsyncWorker runs: raised in its thread, or its coroutine cancelled."""

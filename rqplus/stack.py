@@ -39,7 +39,6 @@ from rqplus.durability import check
 from rqplus.embedded import DURABLE_CONFIG, RedisServer, RedisServerError
 from rqplus.exceptions import PoolError
 from rqplus.pool import WORKER_CLASS, WorkerPool, drain
-from rqplus.pool import descendants, kill_tree  # noqa: F401 -- importable from here, as before the pool
 from rqplus.pool import worker_command as pool_worker_command
 from rqplus.queue import Queue
 

@@ -41,12 +41,13 @@ from rq.worker import WorkerStatus
 from rqplus.allowlist import refusal
 from rqplus.compat import (EXECUTION_HOLDS_JOB_ID, ConcurrentCompat, execution_key_prefixes, rate_limited,
                            rq_signature)
+from rqplus.exceptions import JobStopped
 from rqplus.faults import TRANSIENT
 from rqplus.queue import Queue
 from rqplus.recovery import hand_back, put_back_unstarted
 from rqplus.scripts import FINISH_MANY, START_MANY
 from rqplus.scripts import run as run_script
-from rqplus.timeouts import ABANDON_GRACE, Watchdog
+from rqplus.timeouts import ABANDON_GRACE, Watchdog, raise_in_thread
 from rqplus.worker import Worker
 
 #: Environment variable giving the jobs a ThreadWorker or AsyncWorker runs at once.
@@ -366,6 +367,22 @@ class ThreadWorker(ConcurrentCompat, Worker):
                                          "live worker", self.name, run.job.id, error)
                     self.release(run)
             raise
+
+    # RQ change: RQ's stop-job command kills the work-horse running the job; there is none here
+    # (RQ's kill_horse would signal this worker's own process group): the job is stopped in its
+    # thread instead (see stop), and RQ records it stopped.
+    def kill_horse(self, sig: Any = None) -> None:
+        for run in list(self._running.values()):
+            if run.job.id == self._stopped_job_id:
+                self.log.info("Worker %s: stopping job %s on request", self.name, run.job.id)
+                self.stop(run)
+
+    def stop(self, run: Running) -> None:
+        """Stop ``run``'s job: ``JobStopped`` raised in its thread (a thread blocked in C code sees
+        it when the call returns)."""
+        with self.watchdog.lock:
+            if run.ident is not None:
+                raise_in_thread(run.ident, JobStopped)
 
     # -- a job's side ---------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ class Watchdog:
         self.on_abandon, self.grace = on_abandon, grace
         self._due: list[tuple[float, int, Running]] = []
         self._changed = threading.Condition()
+        self.lock = self._changed  # held while a thread enters or leaves a job's function
         self._thread: threading.Thread | None = None
 
     def watch(self, run: Running) -> None:

@@ -27,7 +27,7 @@ from rq.job import Job, JobStatus
 from rqplus import Queue
 from rqplus.embedded import DURABLE_CONFIG, RedisServer, free_port
 from rqplus.priority import window_counts_key
-from rqplus.stack import kill_tree
+from rqplus.pool import kill_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 from rq import Queue as RQQueue
 from rq import Callback, Retry, SimpleWorker
+from rq.command import send_stop_job_command
 from rq.results import Result
 
 from rqplus import AsyncWorker, Queue, ThreadWorker
@@ -185,3 +186,18 @@ def test_max_jobs_counts_jobs_one_by_one(redis):
         queue.enqueue("tests.jobs.record", f"m{n}")
     ThreadWorker([queue], connection=redis, concurrency=4).work(burst=True, max_jobs=3)
     assert sorted(ran(redis)) == ["m0", "m1", "m2"] and queue.count == 3
+
+
+@pytest.mark.parametrize("worker_class", CLASSES)
+def test_rqs_stop_job_command_stops_that_job_and_only_it(redis, redis_server, processes, worker_class):
+    queue = Queue("work", connection=redis)
+    target = queue.enqueue("tests.jobs.spin" if "Thread" in worker_class else "tests.jobs.sleep_async", *(
+        (60,) if "Thread" in worker_class else ("target", 60)))
+    sibling = queue.enqueue("tests.jobs.record", "sibling", 2)
+    proc = processes.rq_worker(redis_server.url, "work", worker_class=worker_class, burst=False,
+                               env={"RQPLUS_CONCURRENCY": "4", REDIS_URL_ENV: redis_server.url})
+    wait_for(lambda: queue.started_job_registry.count == 2 and "sibling" in ran(redis), timeout=60)
+    send_stop_job_command(redis, target.id)
+    wait_for(lambda: target.get_status(refresh=True) == "stopped", timeout=20)
+    wait_for(lambda: sibling.get_status(refresh=True) == "finished", timeout=20)
+    assert proc.poll() is None, "the worker runs on"
