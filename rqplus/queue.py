@@ -551,6 +551,8 @@ class Queue(RQQueue):
                 continue
             job = queue.job_class(job_id, connection=connection, serializer=queue.serializer)
             try:
+                if b"rqplus:not-a-hash" in fields:
+                    raise TypeError("the job key holds no hash")
                 job.restore(fields)
             except Exception as error:
                 queue.quarantine(job_id, queue.unreadable(job_id) or f"{type(error).__name__}: {error}")

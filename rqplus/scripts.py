@@ -364,12 +364,16 @@ return nil
 # KEYS, ARGV[1] as RELIABLE_FETCH; ARGV[2] = how many at most (the first included), ARGV[3] =
 # the index of the queue whose intermediate list already holds the first id (a blocking move
 # just took it), or 0; ARGV[4] = that id; ARGV[4 + i] = queue i's backlog prefix.
-# Returns a flat list of triples {queue index (1-based), job id, the job hash as HGETALL returns it}.
+# Returns a flat list of triples {queue index (1-based), job id, the job hash as HGETALL returns it
+# ({} if the key is gone, {'rqplus:not-a-hash', its type} if it holds no hash)}.
 FETCH_MANY = _INSERT + """
 local want, found, first = tonumber(ARGV[2]), {}, tonumber(ARGV[3])
 local function take(index, wp, job_id)
   left_window(wp, job_id)
-  for _, value in ipairs({index, job_id, redis.call('HGETALL', ARGV[1] .. job_id)}) do table.insert(found, value) end
+  local kind, fields = redis.call('TYPE', ARGV[1] .. job_id).ok, {}
+  if kind == 'hash' then fields = redis.call('HGETALL', ARGV[1] .. job_id)
+  elseif kind ~= 'none' then fields = {'rqplus:not-a-hash', kind} end
+  for _, value in ipairs({index, job_id, fields}) do table.insert(found, value) end
 end
 if first > 0 then
   local i = 3 * first - 2

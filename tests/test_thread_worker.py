@@ -3,8 +3,11 @@ priority order, timeouts, the allow-list, crashes and stops, against a real Redi
 
 from __future__ import annotations
 
+import os
+import pickle
 import signal
 import threading
+import zlib
 from collections import Counter
 
 import pytest
@@ -65,16 +68,33 @@ def test_a_job_past_its_timeout_is_stopped_or_abandoned_and_its_siblings_finish(
     assert queue.started_job_registry.count == 0
 
 
+class Evil:
+    """A pickle that would run a shell command when loaded."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
 @pytest.mark.parametrize("worker_class", [ThreadWorker, AsyncWorker])
-def test_the_allow_list_refuses_what_it_refuses_elsewhere(redis, tmp_path, worker_class):
+def test_the_allow_list_and_the_safe_unpickler_refuse_forged_jobs(redis, tmp_path, worker_class):
     target = tmp_path / "pwned"
     walked = RQQueue("work", connection=redis).enqueue("tests.jobs.os.system", f"touch {target}")
     reexported = RQQueue("work", connection=redis).enqueue("tests.jobs.reexported")
+    pickled = Queue("work", connection=redis).enqueue("tests.jobs.record", "forged")
+    redis.hset(pickled.key, "data", zlib.compress(pickle.dumps(("tests.jobs.record", None, (Evil(f"touch {target}"),), {}))))
+    not_a_hash = Queue("work", connection=redis).enqueue("tests.jobs.record", "not-a-hash")
+    redis.delete(not_a_hash.key)
+    redis.rpush(not_a_hash.key, "forged")  # a job key of another type: RQ's dequeue would raise
     fine = Queue("work", connection=redis).enqueue("tests.jobs.record", "fine")
     worker_class([Queue("work", connection=redis)], connection=redis, concurrency=4).work(burst=True)
     for job in (walked, reexported):
         assert job.get_status(refresh=True) == "failed"
         assert "allow" in job.latest_result().exc_string.lower()
+    assert pickled.get_status(refresh=True) == "failed" and "cannot be read" in pickled.latest_result().exc_string
+    assert redis.hget(not_a_hash.key, "status") == b"failed" and b"holds a list" in redis.hget(not_a_hash.key, "exc_info")
     assert not target.exists() and ran(redis) == ["fine"] and fine.get_status(refresh=True) == "finished"
 
 
