@@ -266,7 +266,7 @@ class ThreadWorker(ConcurrentCompat, Worker):
             self._threads.submit(self.perform, run)
 
     def wait_while(self, busy: Any) -> None:
-        """Block while ``busy()`` is true, beating for the running jobs and abandoning overdue ones."""
+        """Block while ``busy()`` is true, beating for this worker and its running jobs when due."""
         while True:
             with self._changed:
                 if not busy():
