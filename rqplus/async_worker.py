@@ -92,24 +92,16 @@ class AsyncWorker(ThreadWorker):
     async def call(self, run: Running) -> Any:
         """Run ``run``'s function: awaited on the loop if it is a coroutine function, else in a
         thread; either way stopped at the job's timeout."""
-        job, timeout = run.job, run.job.timeout or self.queue_class.DEFAULT_TIMEOUT
-        if not is_coroutine_function(job.func):
-            return await asyncio.get_running_loop().run_in_executor(self._threads, self.perform_sync, run)
-        coroutine = job.func(*job.args, **job.kwargs)
+        job, timeout, func = run.job, run.job.timeout or self.queue_class.DEFAULT_TIMEOUT, run.job.func
+        if not is_coroutine_function(func):
+            return await asyncio.get_running_loop().run_in_executor(self._threads, self.call_in_thread, run)
+        coroutine = func(*job.args, **job.kwargs)
         with current_job(job):
             try:
                 async with asyncio.timeout(None if timeout == -1 else timeout):
                     return await coroutine
             except TimeoutError:
                 raise timeout_exception(job.timeout)() from None
-
-    def perform_sync(self, run: Running) -> Any:
-        """A plain function's call, in a thread, watched as ThreadWorker's jobs are."""
-        self.watchdog.watch(run)
-        try:
-            return run.job.perform()
-        finally:
-            self.watchdog.unwatch(run)
 
 
 def is_coroutine_function(func: Any) -> bool:

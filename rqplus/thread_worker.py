@@ -117,6 +117,12 @@ class DaemonThreads(Executor):
         threading.Thread(target=self._serve, name=f"{self.name}-{self._threads}", daemon=True).start()
         return future
 
+    def lose_one(self) -> None:
+        """One thread will not come back (its job was abandoned): allow one more."""
+        with self._lock:
+            if self.limit is not None:
+                self.limit += 1
+
     def _serve(self) -> None:
         while True:
             self._tasks.get()()
@@ -407,11 +413,7 @@ class ThreadWorker(ConcurrentCompat, Worker):
             if not self.begin(run):
                 return
             try:
-                self.watchdog.watch(run)
-                try:
-                    return_value = job.perform()
-                finally:
-                    self.watchdog.unwatch(run)
+                return_value = self.call_in_thread(run)
             except BaseException:
                 handed_over = self.end(run, exc_info=sys.exc_info())
             else:
@@ -421,6 +423,14 @@ class ThreadWorker(ConcurrentCompat, Worker):
         finally:
             if not handed_over:
                 self.release(run)
+
+    def call_in_thread(self, run: Running) -> Any:
+        """Call ``run``'s function in this thread (RQ's ``job.perform()``), watched for its timeout."""
+        self.watchdog.watch(run)
+        try:
+            return run.job.perform()
+        finally:
+            self.watchdog.unwatch(run)
 
     def begin(self, run: Running) -> bool:
         """In ``run``'s thread, before the call: False (and the job failed) if the allow-list refuses it."""
@@ -516,6 +526,7 @@ class ThreadWorker(ConcurrentCompat, Worker):
         """Record a job still running far past its timeout as failed; its thread runs on unwatched."""
         if not self.claim(run):
             return
+        self._threads.lose_one()
         self.log.error("Worker %s: job %s still runs %.0f s past its timeout: abandoned, recorded failed",
                        self.name, run.job.id, self.abandon_grace)
         error = JobTimeoutException(f"Task exceeded maximum timeout value ({run.job.timeout} seconds) and did not "
