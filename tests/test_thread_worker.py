@@ -221,3 +221,16 @@ def test_rqs_stop_job_command_stops_that_job_and_only_it(redis, redis_server, pr
     wait_for(lambda: target.get_status(refresh=True) == "stopped", timeout=20)
     wait_for(lambda: sibling.get_status(refresh=True) == "finished", timeout=20)
     assert proc.poll() is None, "the worker runs on"
+
+
+def test_running_jobs_heartbeats_keep_their_started_entries_alive(redis, redis_server, processes):
+    queue = Queue("work", connection=redis)
+    job = queue.enqueue("tests.jobs.record", "long", 4)
+    proc = processes.rq_worker(redis_server.url, "work", worker_class="rqplus.ThreadWorker",
+                               extra=("--job-monitoring-interval", "1"))
+    wait_for(lambda: ran(redis) == ["long"], timeout=30)
+    [(entry, first)] = redis.zrange(queue.started_job_registry.key, 0, -1, withscores=True)
+    wait_for(lambda: redis.zscore(queue.started_job_registry.key, entry) not in (None, first), timeout=5)
+    out = processes.finish(proc, 30)
+    assert proc.returncode == 0, out
+    assert job.get_status(refresh=True) == "finished" and queue.started_job_registry.count == 0

@@ -138,8 +138,9 @@ def test_idle_worker_blocks_instead_of_polling(redis, redis_server, processes, w
     assert worker.poll() is None
 
 
-def test_strict_durability_refuses_to_start_before_writing_any_worker_key(redis, redis_server, processes):
-    proc = processes.start([sys.executable, "-m", "rq.cli", "worker", "--url", redis_server.url, "-w", "rqplus.Worker",
+@pytest.mark.parametrize("worker_class", ["rqplus.Worker", "rqplus.ThreadWorker", "rqplus.AsyncWorker"])
+def test_strict_durability_refuses_to_start_before_writing_any_worker_key(redis, redis_server, processes, worker_class):
+    proc = processes.start([sys.executable, "-m", "rq.cli", "worker", "--url", redis_server.url, "-w", worker_class,
                             "--burst", "work"], RQPLUS_DURABILITY="strict")
     out = processes.finish(proc)
     assert proc.returncode != 0
