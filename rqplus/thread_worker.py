@@ -29,6 +29,7 @@ from typing import Any
 from uuid import uuid4
 
 from rq import Worker as RQWorker
+from rq.command import parse_payload
 from rq.defaults import UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
 from rq.executions import Execution
 from rq.job import Job, JobStatus, Retry
@@ -374,14 +375,24 @@ class ThreadWorker(ConcurrentCompat, Worker):
                     self.release(run)
             raise
 
-    # RQ change: RQ's stop-job command kills the work-horse running the job; there is none here
-    # (RQ's kill_horse would signal this worker's own process group): the job is stopped in its
-    # thread instead (see stop), and RQ records it stopped.
+    # RQ change: RQ's stop-job command matches the worker's one current job and kills its
+    # work-horse; here it matches any job the worker runs, and stops it in its thread (see stop).
+    def handle_payload(self, message: Any) -> None:
+        payload = parse_payload(message)
+        if payload.get("command") != "stop-job":
+            return super().handle_payload(message)
+        self._stopped_job_id = payload.get("job_id")
+        self.kill_horse()
+
+    # RQ change: there is no work-horse to kill (RQ's kill_horse would signal this worker's own
+    # process group): the job named by the stop request is stopped in its thread instead.
     def kill_horse(self, sig: Any = None) -> None:
-        for run in list(self._running.values()):
-            if run.job.id == self._stopped_job_id:
-                self.log.info("Worker %s: stopping job %s on request", self.name, run.job.id)
-                self.stop(run)
+        runs = [run for run in list(self._running.values()) if run.job.id == self._stopped_job_id]
+        if not runs:
+            self.log.warning("Worker %s: not running job %s, stop request ignored", self.name, self._stopped_job_id)
+        for run in runs:
+            self.log.info("Worker %s: stopping job %s on request", self.name, run.job.id)
+            self.stop(run)
 
     def stop(self, run: Running) -> None:
         """Stop ``run``'s job: ``JobStopped`` raised in its thread (a thread blocked in C code sees
