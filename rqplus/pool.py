@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rqplus.connections import redis_url
 from rqplus.defaults import POOL_PROCESSES, WORKER_STOP_TIMEOUT
@@ -213,7 +214,24 @@ class Child:
     started: float = field(default_factory=time.monotonic)
 
 
-class WorkerPool:
+class StartStop:
+    """A context manager of ``start()`` and ``stop()``; ``stop()`` also when ``start()`` fails half way.
+
+    Usage: ``class Stack(StartStop): def start(self): ...; def stop(self): ...``
+    """
+
+    def __enter__(self) -> Any:
+        try:
+            return self.start()  # type: ignore[attr-defined]
+        except BaseException:
+            self.stop()  # type: ignore[attr-defined]
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()  # type: ignore[attr-defined]
+
+
+class WorkerPool(StartStop):
     """``processes`` supervised worker processes on ``queues``; see the module's docstring.
 
     ``worker_class``: dotted path of the workers' class (default ``rqplus.Worker``); ``concurrency``:
@@ -389,13 +407,3 @@ class WorkerPool:
     def hurry(self) -> None:
         """Make a stop in progress (or the next) skip to the cold shutdown, as a second Ctrl-C does."""
         self._stop_requests = max(self._stop_requests, 2)
-
-    def __enter__(self) -> WorkerPool:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()

@@ -38,7 +38,7 @@ from rqplus.defaults import DASHBOARD_HOST, DEFAULT_DATA_DIR, DEFAULT_QUEUES, DE
 from rqplus.durability import check
 from rqplus.embedded import DURABLE_CONFIG, RedisServer, RedisServerError
 from rqplus.exceptions import PoolError
-from rqplus.pool import WORKER_CLASS, WorkerPool, drain
+from rqplus.pool import WORKER_CLASS, StartStop, WorkerPool, drain
 from rqplus.pool import worker_command as pool_worker_command
 from rqplus.queue import Queue
 
@@ -127,7 +127,7 @@ def stop_workers(workers: Sequence[subprocess.Popen], timeout: float = WORKER_ST
     drain(workers, timeout, **({} if grace is None else {"grace": grace}))
 
 
-class Stack:
+class Stack(StartStop):
     """A Redis (see the module's docstring for which) and ``workers`` rqplus worker processes on ``queues``.
 
     The workers are a :class:`rqplus.pool.WorkerPool` (each in its own session, replaced if it
@@ -294,16 +294,6 @@ class Stack:
         if self.server:
             self.server.stop()
             self.say(f"Stopped the embedded Redis; its data stays in {self.server.data_dir} for the next run")
-
-    def __enter__(self) -> Stack:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def _interrupt(signum: int, frame: object) -> None:
