@@ -38,8 +38,7 @@ from rqplus.defaults import DASHBOARD_HOST, DEFAULT_DATA_DIR, DEFAULT_QUEUES, DE
 from rqplus.durability import check
 from rqplus.embedded import DURABLE_CONFIG, RedisServer, RedisServerError
 from rqplus.exceptions import PoolError
-from rqplus.pool import WORKER_CLASS, StartStop, WorkerPool, drain
-from rqplus.pool import worker_command as pool_worker_command
+from rqplus.pool import WORKER_CLASS, StartStop, WorkerPool
 from rqplus.queue import Queue
 
 if TYPE_CHECKING:  # Flask and rq-dashboard only load when the dashboard runs
@@ -104,27 +103,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def worker_command(queues: Sequence[str]) -> list[str]:
-    """The ``rq worker`` command line of an rqplus worker, as a user would type it.
-
-    The Redis URL is not in it: it goes in ``$RQ_REDIS_URL``, where ``ps`` does not show its password.
-
-    Usage: ``subprocess.Popen(worker_command(["emails"]), env={**os.environ, "RQ_REDIS_URL": url})``
-    """
-    return pool_worker_command(queues)
-
-
-def stop_workers(workers: Sequence[subprocess.Popen], timeout: float = WORKER_STOP_TIMEOUT,
-                 grace: float | None = None) -> None:
-    """Warm shutdown: SIGTERM each worker, wait up to ``timeout`` s, then a cold one (SIGTERM again:
-    running jobs go back to their queues), then SIGKILL what is left of each after ``grace`` s,
-    work-horse and the job's own children included (:func:`rqplus.pool.drain`).
-
-    Usage: ``stop_workers(stack.workers, timeout=10)``
-    """
-    drain(workers, timeout, **({} if grace is None else {"grace": grace}))
 
 
 class Stack(StartStop):

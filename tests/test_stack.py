@@ -17,7 +17,8 @@ from rq.job import Job
 
 from rqplus import Queue
 from rqplus.embedded import free_port
-from rqplus.stack import RedisUnavailable, Stack, port_is_free, stop_workers, why_not_redis
+from rqplus.pool import drain
+from rqplus.stack import RedisUnavailable, Stack, port_is_free, why_not_redis
 from tasks import demo
 from tests.conftest import aof_files_in, wait_for
 
@@ -124,14 +125,14 @@ def test_an_unusable_configured_url_is_an_error_of_its_own(in_tmp, url):
     assert error.value.exit_code == 2 and "s3cret" not in str(error.value) and "***" in str(error.value)
 
 
-def test_stop_workers_kills_what_ignores_sigterm_with_its_children(tmp_path):
+def test_draining_kills_what_ignores_sigterm_with_its_children(tmp_path):
     stubborn = [sys.executable, "-c", "import signal, subprocess, sys, time; "
                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                 "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
                 "print('ready', flush=True); time.sleep(60)"]
     worker = subprocess.Popen(stubborn, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, text=True)
     assert worker.stdout.readline() == "ready\n"
-    stop_workers([worker], timeout=0.5, grace=0.5)  # warm, cold: both ignored
+    drain([worker], timeout=0.5, grace=0.5)  # warm, cold: both ignored
     assert worker.returncode == -9
     wait_for(lambda: processes_in(tmp_path.resolve()) == [], timeout=5)
 
