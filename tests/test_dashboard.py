@@ -36,7 +36,8 @@ from rq_scheduler import Scheduler
 from rqplus import Queue, Worker, priority_of
 from rqplus.cli import main
 from rqplus.dashboard import Credentials, DashboardConfigError, Server, audit, create_app, metrics, security
-from rqplus.dashboard.payloads import DashboardJob, Masker, shown
+from rqplus.dashboard.masking import Masker, shown
+from rqplus.dashboard.payloads import DashboardJob
 from rqplus.serializers import SafeSerializer, Withheld, withheld_in
 from rqplus.embedded import RedisServer
 from rqplus import requeue as runs
@@ -534,7 +535,7 @@ def test_masking_in_text_and_data(monkeypatch) -> None:
     assert masker.text("CardError: card='4111 1111' secret: https://u:p@x/") == "CardError: card='***' secret: ***"
     assert masker.data({"user": 1, "IBAN": "DE89", "nested": [{"cvv": 123}]}) == \
         {"user": 1, "IBAN": "***", "nested": [{"cvv": "***"}]}
-    monkeypatch.setenv("RQPLUS_DASHBOARD_MASK_KEYS", "pin")
+    monkeypatch.setenv("RQPLUS_DASHBOARD_MASK_KEYS", "pin,-password")
     assert Masker().data({"pin": 1, "password": "shown"}) == {"pin": "***", "password": "shown"}
 
 
@@ -776,7 +777,7 @@ def test_masking_takes_linear_time_on_long_words() -> None:
     """The key pattern once started at every character of a word and backtracked through it:
     40 KB of hex in an exception text took 48 s. Here 2 MB must finish well inside the timeout;
     so must bracketed values that nest deep, never close, or hold quotes that never close."""
-    program = ("from rqplus.dashboard.payloads import Masker; m = Masker(); "
+    program = ("from rqplus.dashboard.masking import Masker; m = Masker(); "
                "[m.text(t) for t in ('a' * 2_000_000, 'card' * 500_000, 'x card' * 300_000, "
                "'password=' + '[' * 2_000_000, 'x card=[' * 300_000, 'card=(' + chr(39) + chr(92) * 2_000_000, "
                "'x card=a(' * 300_000, 'x card=' + chr(39) * 300_000)]")
@@ -895,7 +896,7 @@ def test_masking_hides_whole_containers(client: FlaskClient, redis: Redis) -> No
             ("f(secret=('one two', 'x'), n=1)", "f(secret=***, n=1)"),
             ("{'token': [('a', {'b': 'c]'}), \"d)\"], 'user': 7}", "{'token': ***, 'user': 7}"),
             ("f(card=Card('4111 1111', exp='12/29'), n=1)", "f(card=***, n=1)"),
-            ("f(password=['a', 'b'", "f(password=***"),                  # never closed: hidden to the end
+            ("f(password=['a', 'b'", "f(password=***[''''"),   # never closed: hidden to the end, its quotes kept
             ("f(password=['a\\'] b', 'c'], n=1)", "f(password=***, n=1)")):
         assert masker.text(text) == masked, text
     job = Queue("q", connection=redis).enqueue("tests.jobs.record", "x", password=["pa", "ss"],

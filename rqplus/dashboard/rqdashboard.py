@@ -38,7 +38,8 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from rqplus.dashboard import actions
 from rqplus.dashboard.metrics import workers
-from rqplus.dashboard.payloads import DashboardJob, shown
+from rqplus.dashboard.masking import shown
+from rqplus.dashboard.payloads import DashboardJob
 from rqplus.dashboard.security import wants_html
 from rqplus.dashboard.views import actor, dashboard
 from rqplus.queue import Queue

@@ -23,7 +23,8 @@ from rqplus import requeue as runs
 from rqplus.connections import redact
 from rqplus.dashboard import actions, audit, metrics
 from rqplus.dashboard.charts import line_chart
-from rqplus.dashboard.payloads import DashboardJob, Masker
+from rqplus.dashboard.masking import Masker
+from rqplus.dashboard.payloads import DashboardJob
 from rqplus.dashboard.security import app_credentials, current_user
 from rqplus.durability import DurabilityReport, cached_check
 from rqplus.requeue import Filters
