@@ -27,7 +27,7 @@ from rqplus import __version__, durability, pool, requeue, stack
 from rqplus.connections import REDIS_URL_ENV, connect, explain, one_attempt, redact, redis_url, url_is_configured
 from rqplus.defaults import (DASHBOARD_HOST, DASHBOARD_PORT, DASHBOARD_PREFIX, DEFAULT_QUEUES, POOL_PROCESSES,
                              WORKER_STOP_TIMEOUT)
-from rqplus.exceptions import UnknownQueueError
+from rqplus.exceptions import RequeueBusyError, UnknownQueueError
 from rqplus.limits import check_queue_name
 
 #: Seconds ``rqplus check`` waits to connect and for each answer (one attempt, no retries), and
@@ -203,8 +203,11 @@ def requeue_command(queue: str | None, function: str | None, exception: str | No
 
     The run's progress lives in Redis: the dashboard's Bulk requeues page shows it, and if this
     process dies, `rqplus requeue --resume` (or the next dashboard start) finishes it without
-    requeueing any job twice. Exits 0 with a summary line, 2 when Redis cannot be reached or the
-    queue is unknown.
+    requeueing any job twice. One run per queue at a time: while another run (from the dashboard
+    or another `rqplus requeue`) goes through QUEUE with the same filters, this one joins it and
+    shows its progress to its end (driving it should its driver die); with other filters it says
+    which run is going and exits 1. Exits 0 with a summary line, 2 when Redis cannot be reached
+    or the queue is unknown.
     """
     if not resume and not queue:
         raise click.UsageError("name the queue: --queue QUEUE (or --resume to finish interrupted requeues)")
@@ -220,19 +223,36 @@ def requeue_command(queue: str | None, function: str | None, exception: str | No
                 if not started:
                     click.echo("rqplus requeue: nothing to resume")
             else:
-                try:
-                    started = [requeue.start(client, queue, requeue.Filters(queue, function, exception))]
-                except UnknownQueueError as error:
-                    _failed("requeue", f"{error} at {where}")
-                requeue.claim(client, started[0].id, owner)
+                started = [_start_or_join(client, requeue.Filters(queue, function, exception), where)]
             for run in started:
                 _drive_with_progress(client, run, owner, batch_size, throttle)
         finally:
             client.close()
 
 
+def _start_or_join(client: Redis, filters: requeue.Filters, where: str) -> requeue.Run:
+    """The run over ``filters.queue`` to see to its end: a new one, or the one going with the same
+    filters (said on stderr); another run going with other filters is an error, exit 1."""
+    assert filters.queue is not None
+    try:
+        run, started = requeue.start(client, filters.queue, filters)
+    except (UnknownQueueError, RequeueBusyError) as error:
+        _failed("requeue", f"{error} at {where}")
+    if started:
+        return run
+    going = (f"run {run.id} ({run.criteria}, by {run.user or 'rqplus requeue'}, "
+             f"{run.examined:,} of {run.total:,} examined)")
+    if run.filters != filters:
+        click.echo(f"rqplus requeue: {going} is requeueing queue {filters.queue!r}: one bulk requeue per queue at a "
+                   "time; run this again once it has ended", err=True)
+        raise SystemExit(1)
+    click.echo(f"rqplus requeue: joining {going}, already requeueing queue {filters.queue!r}", err=True)
+    return run
+
+
 def _drive_with_progress(client: Redis, run: requeue.Run, owner: str, batch_size: int, throttle: float) -> None:
-    """Drive ``run`` with a progress bar over its registry; prints its summary line."""
+    """See ``run`` to its end with a progress bar over its registry (driving it, or watching its
+    driver: see rqplus.requeue.follow); prints its summary line."""
     began = time.monotonic()
     label = f"{run.queue} {run.criteria}"
     with click.progressbar(length=max(run.total, 1), label=label, file=click.get_text_stream("stderr")) as bar:
@@ -244,9 +264,9 @@ def _drive_with_progress(client: Redis, run: requeue.Run, owner: str, batch_size
             bar.update(now.examined - shown)
             shown = now.examined
 
-        ended = requeue.drive(client, run.id, owner, batch_size=batch_size, throttle=throttle, on_batch=advance)
-    if ended is None or ended.running:
-        _failed("requeue", f"run {run.id} was taken over by another process or deleted")
+        ended = requeue.follow(client, run.id, owner, batch_size=batch_size, throttle=throttle, on_batch=advance)
+    if ended is None:
+        _failed("requeue", f"run {run.id} was deleted")
     seconds = time.monotonic() - began
     click.echo(f"{ended.summary()} (run {run.id}, {ended.done / seconds if seconds else 0:,.0f} jobs/s)")
 

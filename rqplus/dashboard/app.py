@@ -77,6 +77,7 @@ def create_app(url: str | None = None, *, credentials: Credentials | None = None
     app.register_blueprint(blueprint)
     rqdashboard.mount(app, prefix)
     _answer_cleanly(app)
+    actions.requeue_throttle()  # a bad $RQPLUS_REQUEUE_THROTTLE fails the start, not a run's thread
     try:
         actions.resume_requeues(board.connection)
     except RedisError as error:  # Redis out of reach now: the pages say so; runs resume at a later start
