@@ -49,7 +49,7 @@ def concurrency_options(command: Callable[..., Any]) -> Callable[..., Any]:
                         help="Each process runs rqplus.ThreadWorker, N jobs at once in threads.")(command)
 
 
-def checked_queues(context: click.Context, parameter: click.Parameter, queues: tuple[str, ...]) -> tuple[str, ...]:
+def _checked_queues(context: click.Context, parameter: click.Parameter, queues: tuple[str, ...]) -> tuple[str, ...]:
     """The QUEUES arguments of ``up`` and ``worker``, each a name rqplus accepts (see rqplus.limits)."""
     for name in queues:
         try:
@@ -78,7 +78,7 @@ def _worker_class(threads: int | None, tasks: int | None, worker_class: str | No
 @click.option("--dashboard-port", type=click.IntRange(0, 65535), default=DASHBOARD_PORT, show_default=True,
               help="Serve the dashboard on 127.0.0.1 at this port (0: any free port; another one if taken).")
 @click.option("--no-dashboard", is_flag=True, help="Do not serve the dashboard.")
-@click.argument("queues", nargs=-1, callback=checked_queues)
+@click.argument("queues", nargs=-1, callback=_checked_queues)
 def up(workers: int, threads: int | None, tasks: int | None, demo: bool, exit_when_done: bool, url: str | None,
        dashboard_port: int, no_dashboard: bool, queues: tuple[str, ...]) -> None:
     """Run a local stack: Redis, rqplus workers on QUEUES (default: "default") and the dashboard, until Ctrl-C.
@@ -113,7 +113,7 @@ def up(workers: int, threads: int | None, tasks: int | None, demo: bool, exit_wh
               "are put back in their queues.")
 @click.option("--with-scheduler/--no-scheduler", default=True, show_default=True,
               help="Workers run RQ's scheduler (one at a time holds its lock) for enqueue_at/enqueue_in jobs.")
-@click.argument("queues", nargs=-1, callback=checked_queues)
+@click.argument("queues", nargs=-1, callback=_checked_queues)
 def worker(processes: int, threads: int | None, tasks: int | None, worker_class: str | None, burst: bool,
            url: str | None, stop_timeout: float, with_scheduler: bool, queues: tuple[str, ...]) -> None:
     """Run PROCESSES rqplus workers on QUEUES (first named first; default: "default"), each an `rq worker`
