@@ -494,7 +494,8 @@ def test_the_confirmation_counts_the_jobs_names_a_running_run_and_confirming_joi
     running, _ = runs.start(redis, "q", runs.Filters(exception="KeyError"), user="ops")   # another user's run...
     assert runs.claim(redis, running.id, "another dashboard")                            # ... driven elsewhere
     page = unescape(client.get("/failed/requeue?queue=q").text)
-    assert f'class="already-running" data-run="{running.id}"' in page and "(exception=KeyError, 0 of 40 examined" in page
+    assert f'class="already-running" data-run="{running.id}"' in page
+    assert "(exception=KeyError, 0 of 40 examined" in page
     assert "confirming joins it, and this queue's jobs of other filters wait for the next run" in page
 
     answer = post(client, "/failed/requeue", data={"queue": "q", **confirmation(client, "queue=q")})

@@ -1,6 +1,6 @@
-"""Input limits (rqplus/limits.py: durations, job ids, queue names) on every way in, against a real redis-server: each refusal is a
-clear TypeError/ValueError and leaves every key as it was (a DUMP of each before and after); the
-bounds themselves work end to end in real worker processes."""
+"""Input limits (rqplus/limits.py: durations, job ids, queue names) on every way in, against a
+real redis-server: each refusal is a clear TypeError/ValueError and leaves every key as it was (a
+DUMP of each before and after); the bounds themselves work end to end in real worker processes."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ WAYS_IN = {
     "enqueue_call": lambda q, **o: q.enqueue_call(JOB, args=("x",), **{_call(k): v for k, v in o.items()}),
     "enqueue_at": lambda q, **o: q.enqueue_at(datetime(2030, 1, 1, tzinfo=UTC), JOB, "x", **o),
     "enqueue_in": lambda q, **o: q.enqueue_in(timedelta(minutes=5), JOB, "x", **o),
-    "enqueue_many": lambda q, **o: q.enqueue_many([Queue.prepare_data(JOB, ("ok",)),
-                                                   Queue.prepare_data(JOB, ("x",), **{_call(k): v for k, v in o.items()})]),
+    "enqueue_many": lambda q, **o: q.enqueue_many([
+        Queue.prepare_data(JOB, ("ok",)), Queue.prepare_data(JOB, ("x",), **{_call(k): v for k, v in o.items()})]),
     # EnqueueData made by RQ's own prepare_data: checked when the job is created, before the batch is sent
     "enqueue_many (rq's prepare_data)": lambda q, **o: q.enqueue_many([
         Queue.prepare_data(JOB, ("ok",)), RQQueue.prepare_data(JOB, ("x",), **{_call(k): v for k, v in o.items()})]),
@@ -46,7 +46,8 @@ def populated(redis):
 
 
 BAD_OPTIONS = [
-    ({"job_timeout": -5}, ValueError, r"job_timeout=-5 is out of range: seconds from 1 to 315,360,000 \(10 years\), or -1"),
+    ({"job_timeout": -5}, ValueError,
+     r"job_timeout=-5 is out of range: seconds from 1 to 315,360,000 \(10 years\), or -1"),
     ({"job_timeout": 0}, ValueError, "job_timeout=0 is out of range"),
     ({"job_timeout": 10**30}, ValueError, "job_timeout=1000000000000000000000000000000 is out of range"),
     ({"job_timeout": MAX_DURATION + 1}, ValueError, "out of range"),
@@ -126,7 +127,8 @@ def test_rqs_forms_and_the_bounds_themselves_are_accepted(redis, way):
     ("rqplus:window:q", ValueError, "starts with 'rqplus:'"),
     ("emails::high", ValueError, "has an empty ':'-separated part"),
     ("emails:", ValueError, "has an empty ':'-separated part"),
-    ("emails:intermediate", ValueError, "would be a key RQ or rqplus derives from queue 'emails' \\(its 'intermediate' key\\)"),
+    ("emails:intermediate", ValueError,
+     "would be a key RQ or rqplus derives from queue 'emails' \\(its 'intermediate' key\\)"),
     ("q:intermediate:first_seen:abc", ValueError, "derives from queue 'q' \\(its 'intermediate' key\\)"),
     ("emails:levels", ValueError, "derives from queue 'emails' \\(its 'levels' key\\)"),
     ("", ValueError, "is empty"),

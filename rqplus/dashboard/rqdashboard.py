@@ -74,8 +74,10 @@ TEMPLATE_PATCHES: list[tuple[str, str, str, str]] = [
     ("rq_dashboard/jobs.html", r"url_for\('rq_dashboard\.requeue_all', queue_name=queue\.name\)",
      "url_for('rqplus.confirm_requeue', queue=queue.name)",
      "Requeue All leads to the bulk requeue's confirmation page (how many jobs, a run already going)"),
-    ("rq_dashboard/scripts/jobs.js", r"modalConfirm\('requeue all', function\(\) \{\s*\$\.post\(\$this\.attr\('href'\), "
-     r"function\(data\) \{\}\);\s*\}\);", "window.location = $this.attr('href');",
+    ("rq_dashboard/scripts/jobs.js",
+     r"modalConfirm\('requeue all', function\(\) \{\s*\$\.post\(\$this\.attr\('href'\), "
+     r"function\(data\) \{\}\);\s*\}\);",
+     "window.location = $this.attr('href');",
      "the button's click goes to that page, whose form starts the background requeue (or joins the one going)"),
 ]
 
