@@ -27,7 +27,8 @@ from rqplus import __version__, durability, pool, requeue, stack
 from rqplus.connections import REDIS_URL_ENV, connect, explain, one_attempt, redact, redis_url, url_is_configured
 from rqplus.defaults import (DASHBOARD_HOST, DASHBOARD_PORT, DASHBOARD_PREFIX, DEFAULT_QUEUES, POOL_PROCESSES,
                              WORKER_STOP_TIMEOUT)
-from rqplus.exceptions import UnknownQueueError
+from rqplus.exceptions import RequeueBusyError, UnknownQueueError
+from rqplus.limits import check_queue_name
 
 #: Seconds ``rqplus check`` waits to connect and for each answer (one attempt, no retries), and
 #: ``rqplus requeue`` to connect.
@@ -46,6 +47,16 @@ def concurrency_options(command: Callable[..., Any]) -> Callable[..., Any]:
                            help="Each process runs rqplus.AsyncWorker, N jobs at once in an event loop.")(command)
     return click.option("--threads", type=click.IntRange(min=1), metavar="N",
                         help="Each process runs rqplus.ThreadWorker, N jobs at once in threads.")(command)
+
+
+def _checked_queues(context: click.Context, parameter: click.Parameter, queues: tuple[str, ...]) -> tuple[str, ...]:
+    """The QUEUES arguments of ``up`` and ``worker``, each a name rqplus accepts (see rqplus.limits)."""
+    for name in queues:
+        try:
+            check_queue_name(name)
+        except ValueError as error:
+            raise click.BadParameter(str(error), context, parameter) from None
+    return queues
 
 
 def _worker_class(threads: int | None, tasks: int | None, worker_class: str | None = None) -> tuple[str, int | None]:
@@ -67,7 +78,7 @@ def _worker_class(threads: int | None, tasks: int | None, worker_class: str | No
 @click.option("--dashboard-port", type=click.IntRange(0, 65535), default=DASHBOARD_PORT, show_default=True,
               help="Serve the dashboard on 127.0.0.1 at this port (0: any free port; another one if taken).")
 @click.option("--no-dashboard", is_flag=True, help="Do not serve the dashboard.")
-@click.argument("queues", nargs=-1)
+@click.argument("queues", nargs=-1, callback=_checked_queues)
 def up(workers: int, threads: int | None, tasks: int | None, demo: bool, exit_when_done: bool, url: str | None,
        dashboard_port: int, no_dashboard: bool, queues: tuple[str, ...]) -> None:
     """Run a local stack: Redis, rqplus workers on QUEUES (default: "default") and the dashboard, until Ctrl-C.
@@ -102,7 +113,7 @@ def up(workers: int, threads: int | None, tasks: int | None, demo: bool, exit_wh
               "are put back in their queues.")
 @click.option("--with-scheduler/--no-scheduler", default=True, show_default=True,
               help="Workers run RQ's scheduler (one at a time holds its lock) for enqueue_at/enqueue_in jobs.")
-@click.argument("queues", nargs=-1)
+@click.argument("queues", nargs=-1, callback=_checked_queues)
 def worker(processes: int, threads: int | None, tasks: int | None, worker_class: str | None, burst: bool,
            url: str | None, stop_timeout: float, with_scheduler: bool, queues: tuple[str, ...]) -> None:
     """Run PROCESSES rqplus workers on QUEUES (first named first; default: "default"), each an `rq worker`
@@ -192,8 +203,11 @@ def requeue_command(queue: str | None, function: str | None, exception: str | No
 
     The run's progress lives in Redis: the dashboard's Bulk requeues page shows it, and if this
     process dies, `rqplus requeue --resume` (or the next dashboard start) finishes it without
-    requeueing any job twice. Exits 0 with a summary line, 2 when Redis cannot be reached or the
-    queue is unknown.
+    requeueing any job twice. One run per queue at a time: while another run (from the dashboard
+    or another `rqplus requeue`) goes through QUEUE with the same filters, this one joins it and
+    shows its progress to its end (driving it should its driver die); with other filters it says
+    which run is going and exits 1. Exits 0 with a summary line, 2 when Redis cannot be reached
+    or the queue is unknown.
     """
     if not resume and not queue:
         raise click.UsageError("name the queue: --queue QUEUE (or --resume to finish interrupted requeues)")
@@ -209,19 +223,36 @@ def requeue_command(queue: str | None, function: str | None, exception: str | No
                 if not started:
                     click.echo("rqplus requeue: nothing to resume")
             else:
-                try:
-                    started = [requeue.start(client, queue, requeue.Filters(queue, function, exception))]
-                except UnknownQueueError as error:
-                    _failed("requeue", f"{error} at {where}")
-                requeue.claim(client, started[0].id, owner)
+                started = [_start_or_join(client, requeue.Filters(queue, function, exception), where)]
             for run in started:
                 _drive_with_progress(client, run, owner, batch_size, throttle)
         finally:
             client.close()
 
 
+def _start_or_join(client: Redis, filters: requeue.Filters, where: str) -> requeue.Run:
+    """The run over ``filters.queue`` to see to its end: a new one, or the one going with the same
+    filters (said on stderr); another run going with other filters is an error, exit 1."""
+    assert filters.queue is not None
+    try:
+        run, started = requeue.start(client, filters.queue, filters)
+    except (UnknownQueueError, RequeueBusyError) as error:
+        _failed("requeue", f"{error} at {where}")
+    if started:
+        return run
+    going = (f"run {run.id} ({run.criteria}, by {run.user or 'rqplus requeue'}, "
+             f"{run.examined:,} of {run.total:,} examined)")
+    if run.filters != filters:
+        click.echo(f"rqplus requeue: {going} is requeueing queue {filters.queue!r}: one bulk requeue per queue at a "
+                   "time; run this again once it has ended", err=True)
+        raise SystemExit(1)
+    click.echo(f"rqplus requeue: joining {going}, already requeueing queue {filters.queue!r}", err=True)
+    return run
+
+
 def _drive_with_progress(client: Redis, run: requeue.Run, owner: str, batch_size: int, throttle: float) -> None:
-    """Drive ``run`` with a progress bar over its registry; prints its summary line."""
+    """See ``run`` to its end with a progress bar over its registry (driving it, or watching its
+    driver: see rqplus.requeue.follow); prints its summary line."""
     began = time.monotonic()
     label = f"{run.queue} {run.criteria}"
     with click.progressbar(length=max(run.total, 1), label=label, file=click.get_text_stream("stderr")) as bar:
@@ -233,9 +264,9 @@ def _drive_with_progress(client: Redis, run: requeue.Run, owner: str, batch_size
             bar.update(now.examined - shown)
             shown = now.examined
 
-        ended = requeue.drive(client, run.id, owner, batch_size=batch_size, throttle=throttle, on_batch=advance)
-    if ended is None or ended.running:
-        _failed("requeue", f"run {run.id} was taken over by another process or deleted")
+        ended = requeue.follow(client, run.id, owner, batch_size=batch_size, throttle=throttle, on_batch=advance)
+    if ended is None:
+        _failed("requeue", f"run {run.id} was deleted")
     seconds = time.monotonic() - began
     click.echo(f"{ended.summary()} (run {run.id}, {ended.done / seconds if seconds else 0:,.0f} jobs/s)")
 

@@ -20,6 +20,13 @@ WORKER_STOP_TIMEOUT = 30.0
 
 #: Longest queue name accepted by ``rqplus.Queue`` (a key is built from it for every queue structure).
 MAX_QUEUE_NAME = 1000
+#: Longest job id accepted at enqueue (RQ checks its characters, not its length; a key holds it).
+MAX_JOB_ID = 256
+#: Longest ``job_timeout``, ``result_ttl``, ``failure_ttl`` and ``ttl`` accepted at enqueue, in seconds:
+#: 10 years. Longer than any job or retention needs (-1 says "no limit"), and far inside what the
+#: values RQ derives from them may hold: ``signal.alarm`` takes a C int (2**31 - 1 s, 68 years),
+#: Redis' EXPIRE at most about 2**63 ms.
+MAX_DURATION = 10 * 365 * 86400
 
 #: Largest serialized job (function reference and arguments) accepted at enqueue, in bytes;
 #: ``RQPLUS_MAX_PAYLOAD_BYTES`` overrides it. Big inputs belong in storage, with their key in the job.

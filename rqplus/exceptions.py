@@ -47,6 +47,14 @@ class UnknownQueueError(ValueError):
     """
 
 
+class RequeueBusyError(RuntimeError):
+    """A bulk requeue could neither start nor join: the queue's active key names a run that is not
+    running (one being started for seconds, or deleted by hand).
+
+    Raised by :func:`rqplus.requeue.start`; the dashboard answers 409, ``rqplus requeue`` exits 2.
+    """
+
+
 class PoolError(RuntimeError):
     """A worker pool gave up: one slot's workers kept exiting right after their start.
 

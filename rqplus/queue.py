@@ -34,12 +34,13 @@ from rq.timeouts import BaseDeathPenalty
 from rq.utils import as_text, current_timestamp, parse_timeout, str_to_date, utcformat
 
 from rqplus.compat import RateLimitRegistry, rate_limited, rq_signature
-from rqplus.defaults import DEFAULT_PRIORITY, MAX_PAYLOAD_BYTES, MAX_QUEUE_NAME
+from rqplus.defaults import DEFAULT_PRIORITY, MAX_PAYLOAD_BYTES
 
 #: Failed jobs requeued per script by ``Queue.requeue_failed_many``.
 REQUEUE_BATCH = 1000
 from rqplus.durability import require_durable
 from rqplus.faults import REDIS_DOWN, TRANSIENT, wait_out
+from rqplus.limits import check_options, check_queue_name
 from rqplus.priority import (LEVELS, backlog_key, backlog_prefix, priority_of, window_counts_key, window_key,
                              with_priority)
 from rqplus.scripts import (MERGE_BACKLOG, REFILL, enqueue, fetch_many, priority_insert, quarantine, reliable_fetch,
@@ -63,25 +64,6 @@ def check_job_function(func: object) -> None:
     if not (isinstance(func, str) or callable(func)):
         raise TypeError(f"the job function (enqueue's first argument `f`, or `func`) must be a callable or its "
                         f"dotted path as a str, not {type(func).__name__}: {func!r}")
-
-
-def check_queue_name(name: object) -> None:
-    """Raise ``ValueError`` (``TypeError`` for a non-str) unless ``name`` can name a queue.
-
-    Colons are allowed (``emails:high``) except where a name would become another queue's
-    derived key: RQ keeps a queue's intermediate list at ``rq:queue:<name>:intermediate``.
-
-    Usage: ``check_queue_name("emails")``
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"a queue name is a str, not {type(name).__name__}: {name!r}")
-    if not name.strip():
-        raise ValueError(f"queue name {name!r} is empty: name the queue, e.g. Queue('emails')")
-    if len(name) > MAX_QUEUE_NAME:
-        raise ValueError(f"queue name of {len(name)} characters is over the {MAX_QUEUE_NAME} character limit")
-    if name.endswith(":intermediate"):
-        raise ValueError(f"queue name {name!r} ends with ':intermediate', the key RQ derives for queue "
-                         f"{name.rsplit(':', 1)[0]!r}'s intermediate list: choose another name")
 
 
 class Queue(RQQueue):
@@ -249,6 +231,7 @@ class Queue(RQQueue):
         Usage: ``queue.enqueue_many([Queue.prepare_data(report, (1,), priority=0)])``
         """
         arguments["meta"] = with_priority(arguments.get("meta"), priority)
+        check_options(arguments)
         return RQQueue.prepare_data(**arguments)
 
     # RQ change: RQ registers the queue (SADD rq:queues) in a round trip of its own, then saves the
@@ -311,9 +294,10 @@ class Queue(RQQueue):
         return jobs
 
     # RQ change: every job is checked before anything is written: a queue name that can name a
-    # queue (see check_queue_name), a validated priority in its meta (default 5, so paths that
-    # bypass the keyword above are checked too), a function a worker can import by name,
-    # arguments that serialize within the size limit, and for a durable queue, a durable Redis.
+    # queue, durations and job ids within bounds (see rqplus.limits), a validated priority in its
+    # meta (default 5, so paths that bypass the keyword above are checked too), a function a
+    # worker can import by name, arguments that serialize within the size limit, and for a
+    # durable queue, a durable Redis.
     # (RQ finds bad arguments only while saving, after it has already registered the queue.)
     # Options the caller left None come from the function's @task defaults (rqplus.task), if any.
     @rq_signature(RQQueue.create_job)
@@ -325,6 +309,7 @@ class Queue(RQQueue):
         declared = task_defaults(arguments["func"])
         if declared is not None:
             declared.fill(arguments)
+        check_options(arguments, default_timeout=self._default_timeout)
         arguments["meta"] = with_priority(arguments.get("meta"), None, DEFAULT_PRIORITY)
         job = super().create_job(**arguments)
         self._check_payload(job)

@@ -25,12 +25,18 @@ first, so the counts stay exact.
 Jobs whose meta the dashboard could not load, or whose requeue would rewrite their meta in another
 format, are skipped (counted in ``skipped``): RQ's requeue saves the job hash back.
 
+**One run per queue at a time.** ``rqplus:requeue:active:<queue>`` names the run going through the
+queue's failed registry; :func:`start` sets it with ``SET NX`` (so of any number of processes
+starting at once, one does) and a second start **joins** that run instead of starting another:
+it gets the running run back, whatever filters it asked for. The key is written with a short TTL
+and made permanent in the transaction that records the run (a starter that dies in between frees
+the queue within :data:`STARTING_TTL` seconds), and deleted in the transaction that ends the run.
+
 Usage::
 
-    from rqplus.requeue import Filters, claim, drive, start
-    run = start(redis, "emails", Filters(exception="TimeoutError"))
-    if claim(redis, run.id, owner="me"):
-        run = drive(redis, run.id, owner="me")
+    from rqplus.requeue import Filters, follow, new_owner, start
+    run, started = start(redis, "emails", Filters(exception="TimeoutError"))   # started False: joined
+    run = follow(redis, run.id, new_owner())     # drives it, or watches whoever does, to its end
     print(f"requeued {run.done} of {run.total}")
 """
 
@@ -55,7 +61,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
-from rqplus.exceptions import UnknownQueueError
+from rqplus.exceptions import RequeueBusyError, UnknownQueueError
 from rqplus.queue import Queue
 from rqplus.serializers import RestrictedPickleSerializer, SafeSerializer, serializer_for, withheld_in
 
@@ -71,6 +77,14 @@ HEARTBEAT_TTL = 15
 FINISHED_TTL = 7 * 24 * 3600
 #: Runs listed at most (the index is trimmed to this many at each start).
 RUNS_KEPT = 100
+#: ``ACTIVE_KEY_PREFIX + queue`` holds the id of the run requeueing that queue's failed jobs now.
+ACTIVE_KEY_PREFIX = "rqplus:requeue:active:"
+#: Seconds a queue's active key lives until its run is recorded (it is then kept until the run ends).
+STARTING_TTL = 60
+#: Seconds :func:`start` waits for a run another process is starting to be recorded, to join it.
+JOIN_WAIT = 5.0
+#: Seconds between two looks at a run :func:`follow` watches.
+FOLLOW_POLL = 0.5
 RUNNING, DONE, FAILED = "running", "done", "failed"
 #: Clients whose Redis refused ``SORT_RO ... GET`` (see :func:`_read`).
 _SORT_REFUSED: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
@@ -293,16 +307,65 @@ def queue_exists(connection: Redis, queue: str) -> bool:
                 or connection.exists(registry.key))
 
 
-def start(connection: Redis, queue: str, filters: Filters | None = None, *, user: str = "", ip: str = "") -> Run:
-    """Record a new run over ``queue``'s failed jobs (``filters``' queue is ignored) and return
-    it; it is driven by whoever claims it (:func:`claim`, :func:`drive`). Raises
-    :class:`UnknownQueueError` for a queue Redis does not know.
+def active_key(queue: str) -> str:
+    """The key naming the run that requeues ``queue``'s failed jobs now.
 
-    Usage: ``run = start(redis, "emails", Filters(function="tasks.emails.send"), user="admin")``
+    Usage: ``redis.get(active_key("emails"))``
+    """
+    return f"{ACTIVE_KEY_PREFIX}{queue}"
+
+
+def active(connection: Redis, queue: str) -> Run | None:
+    """The run requeueing ``queue``'s failed jobs now, or None.
+
+    Usage: ``active(redis, "emails").progress``
+    """
+    run_id = connection.get(active_key(queue))
+    run = load(connection, as_text(run_id)) if run_id else None
+    return run if run is not None and run.running else None
+
+
+def start(connection: Redis, queue: str, filters: Filters | None = None, *, user: str = "",
+          ip: str = "") -> tuple[Run, bool]:
+    """Start a run over ``queue``'s failed jobs (``filters``' queue is ignored), or join the one
+    already running there: returns the run and True when this call started it. A run is driven by
+    whoever claims it (:func:`claim`, :func:`drive`, :func:`follow`). Raises
+    :class:`UnknownQueueError` for a queue Redis does not know, :class:`RequeueBusyError` when the
+    queue's active key names no running run (a run being started for more than :data:`JOIN_WAIT`
+    seconds, or one deleted by hand).
+
+    Usage: ``run, started = start(redis, "emails", Filters(function="tasks.emails.send"), user="admin")``
     """
     if not queue_exists(connection, queue):
         raise UnknownQueueError(f"no queue {queue!r}: Redis knows no such queue")
     filters = filters or Filters()
+    key = active_key(queue)
+    deadline = time.monotonic() + JOIN_WAIT
+    while True:
+        run_id = connection.get(key)
+        if run_id is None:
+            run = _new_run(connection, queue, filters, user, ip)
+            if connection.set(key, run.id, nx=True, ex=STARTING_TTL):
+                with connection.pipeline() as pipe:
+                    pipe.hset(run.key, mapping=_stored(run))
+                    pipe.zadd(RUNS_KEY, {run.id: run.started_at})
+                    pipe.zremrangebyrank(RUNS_KEY, 0, -RUNS_KEPT - 1)
+                    pipe.persist(key)
+                    pipe.execute()
+                return run, True
+            continue  # another process started one just now: join it
+        running = load(connection, as_text(run_id))
+        if running is not None and running.running:
+            return running, False
+        if time.monotonic() > deadline:
+            state = "no longer exists" if running is None else f"is {running.status}"
+            raise RequeueBusyError(f"{key} names run {as_text(run_id)}, which {state}: a bulk requeue of queue "
+                                   f"{queue!r} is being started, or its run was deleted by hand (then delete {key})")
+        time.sleep(0.05)  # recorded in the starter's next round trip
+
+
+def _new_run(connection: Redis, queue: str, filters: Filters, user: str, ip: str) -> Run:
+    """A run over ``queue``'s failed registry as it is now (its size, its last score), not recorded yet."""
     registry_key = FailedJobRegistry(queue, connection=connection).key
     with connection.pipeline(transaction=False) as pipe:
         pipe.zcard(registry_key)
@@ -310,15 +373,9 @@ def start(connection: Redis, queue: str, filters: Filters | None = None, *, user
         pipe.time()
         total, last, (seconds, micros) = pipe.execute()
     now = seconds + micros / 1e6
-    run = Run(id=f"{int(now)}-{uuid.uuid4().hex[:8]}", queue=queue, function=filters.function,
-              exception=filters.exception, total=total, until=last[0][1] if last else 0.0, user=user, ip=ip,
-              started_at=now, updated_at=now)
-    with connection.pipeline() as pipe:
-        pipe.hset(run.key, mapping=_stored(run))
-        pipe.zadd(RUNS_KEY, {run.id: now})
-        pipe.zremrangebyrank(RUNS_KEY, 0, -RUNS_KEPT - 1)
-        pipe.execute()
-    return run
+    return Run(id=f"{int(now)}-{uuid.uuid4().hex[:8]}", queue=queue, function=filters.function,
+               exception=filters.exception, total=total, until=last[0][1] if last else 0.0, user=user, ip=ip,
+               started_at=now, updated_at=now)
 
 
 def _stored(run: Run) -> dict[str, str | int | float]:
@@ -410,6 +467,28 @@ def drive(connection: Redis, run_id: str, owner: str, *, batch_size: int = BATCH
     return run
 
 
+def follow(connection: Redis, run_id: str, owner: str, *, batch_size: int = BATCH_SIZE, throttle: float = 0.0,
+           on_batch: Callable[[Run], None] | None = None) -> Run | None:
+    """See run ``run_id`` to its end: drive it whenever nobody does (it is ``owner``'s, or its
+    driver's heartbeat lapsed), else watch it every :data:`FOLLOW_POLL` seconds, calling
+    ``on_batch`` with its progress. Returns the run as it ended, None when it was deleted.
+
+    Usage: ``run, _ = start(redis, "emails"); follow(redis, run.id, new_owner(), on_batch=print)``
+    """
+    while True:
+        if connection.get(owner_key(run_id)) == owner.encode() or claim(connection, run_id, owner):
+            run = drive(connection, run_id, owner, batch_size=batch_size, throttle=throttle, on_batch=on_batch)
+        else:
+            run = load(connection, run_id)
+            if run is not None and run.running:
+                if on_batch is not None:
+                    on_batch(run)
+                time.sleep(FOLLOW_POLL)
+                continue
+        if run is None or not run.running:
+            return run
+
+
 def fail(connection: Redis, run: Run, owner: str, error: str) -> None:
     """End ``run`` as failed with ``error`` (an unexpected error of its driver), releasing it.
 
@@ -422,9 +501,10 @@ def fail(connection: Redis, run: Run, owner: str, error: str) -> None:
 def _finish(connection: Redis, run: Run, owner: str, status: str) -> None:
     now = _redis_now(connection)
     run.status, run.finished_at, run.updated_at = status, now, now
-    with connection.pipeline() as pipe:
+    with connection.pipeline() as pipe:  # the queue is free for the next run in the same transaction
         pipe.hset(run.key, mapping={"status": status, "finished_at": now, "updated_at": now, "error": run.error})
         pipe.expire(run.key, FINISHED_TTL)
+        pipe.delete(active_key(run.queue))
         pipe.execute()
     if connection.get(owner_key(run.id)) == owner.encode():
         connection.delete(owner_key(run.id))

@@ -32,19 +32,16 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from rq import Retry, get_current_job
-from rq.exceptions import TimeoutFormatError
 from rq.job import Job
-from rq.utils import parse_timeout
 
 from rqplus.allowlist import allowed_modules, resolve
 from rqplus.connections import shared
 from rqplus.exceptions import ForbiddenJobError
+from rqplus.limits import DURATIONS, check_queue_name
 from rqplus.priority import PRIORITY_KEY, validate_priority, with_priority
 
 #: The attribute of a job function holding its :class:`TaskDefaults`.
 TASK_ATTRIBUTE = "__rqplus_task__"
-#: Each declared time option and the name ``Queue.create_job`` (and ``Job``) gives it.
-TIME_OPTIONS = {"job_timeout": "timeout", "result_ttl": "result_ttl", "failure_ttl": "failure_ttl", "ttl": "ttl"}
 
 F = TypeVar("F", bound=Callable[..., Any])
 RetryPolicy = Retry | Callable[[], Retry | None]
@@ -88,10 +85,10 @@ class TaskDefaults:
 
         Usage: ``defaults.fill(arguments)`` before ``rq.Queue.create_job(**arguments)``
         """
-        for option, name in TIME_OPTIONS.items():
-            value = getattr(self, option)
-            if value is not None and arguments.get(name) is None:
-                arguments[name] = value
+        for duration in DURATIONS:
+            value = getattr(self, duration.option)
+            if value is not None and arguments.get(duration.field) is None:
+                arguments[duration.field] = value
         if self.retry is not None and arguments.get("retry") is None:
             arguments["retry"] = self.build_retry()
         if self.priority is not None:
@@ -103,10 +100,10 @@ class TaskDefaults:
 
         Usage: ``defaults.fill_job(job)`` before the job is saved and queued
         """
-        for option, name in TIME_OPTIONS.items():
-            value = getattr(self, option)
-            if value is not None and getattr(job, name) is None:
-                setattr(job, name, value)
+        for duration in DURATIONS:
+            value = getattr(self, duration.option)
+            if value is not None and getattr(job, duration.field) is None:
+                setattr(job, duration.field, value)
         retry = self.build_retry() if job.retries_left is None else None
         if retry is not None:
             job.retries_left, job.retry_intervals = retry.max, retry.intervals
@@ -125,27 +122,24 @@ def task(*, queue: str | None = None, priority: int | None = None, retry: RetryP
     ``queue``: where ``func.delay`` enqueues (default ``"default"``). ``priority``: 0-9.
     ``retry``: an ``rq.Retry`` or a zero-argument callable returning one (or None) per job.
     ``job_timeout`` (seconds or RQ's ``"10m"``; -1 for none), ``result_ttl`` and ``failure_ttl``
-    (-1 keeps forever), ``ttl`` (> 0): as RQ's enqueue options. ``durable=True``: enqueue refuses
-    a Redis that could lose the job (``rqplus.DurabilityError``), whatever the queue says.
+    (-1 keeps forever), ``ttl``: as RQ's enqueue options, within the bounds of
+    :data:`rqplus.limits.DURATIONS`. ``durable=True``: enqueue refuses a Redis that could lose the
+    job (``rqplus.DurabilityError``), whatever the queue says.
 
     Every option is checked here: ``TypeError`` for a wrong type, ``ValueError`` for a value out
-    of range (a priority of 10, a negative ttl, a queue name RQ cannot use).
+    of range (a priority of 10, a negative ttl, a queue name rqplus refuses: see :mod:`rqplus.limits`).
 
     Usage: ``@task(queue="emails", priority=3, retry=Retry(max=3, interval=[10, 60]))``
     """
-    from rqplus.queue import check_queue_name  # rqplus.queue imports this module
-
     if queue is not None:
         check_queue_name(queue)
     if priority is not None:
         validate_priority(priority)
     if not isinstance(durable, bool):
         raise TypeError(f"durable must be True or False, not {durable!r}")
-    defaults = TaskDefaults(queue=queue, priority=priority, retry=_checked_retry(retry),
-                            job_timeout=_seconds("job_timeout", job_timeout, minimum=1),
-                            result_ttl=_seconds("result_ttl", result_ttl, minimum=0),
-                            failure_ttl=_seconds("failure_ttl", failure_ttl, minimum=0),
-                            ttl=_seconds("ttl", ttl, minimum=1, forever=False), durable=durable)
+    given = {"job_timeout": job_timeout, "result_ttl": result_ttl, "failure_ttl": failure_ttl, "ttl": ttl}
+    defaults = TaskDefaults(queue=queue, priority=priority, retry=_checked_retry(retry), durable=durable,
+                            **{duration.option: duration.check(given[duration.option]) for duration in DURATIONS})
 
     def decorate(func: F) -> F:
         if not inspect.isfunction(func):
@@ -208,20 +202,3 @@ def _checked_retry(retry: object) -> RetryPolicy | None:
             pass
         return retry
     raise TypeError(f"retry must be an rq.Retry or a zero-argument callable returning one, not {retry!r}")
-
-
-def _seconds(option: str, value: int | str | None, minimum: int, forever: bool = True) -> int | None:
-    """``value`` in whole seconds (RQ's ``"10m"`` strings too), at least ``minimum``; -1 (for ever,
-    RQ's convention) too when ``forever``."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise TypeError(f"{option} must be whole seconds (an int) or RQ's '10m' form, not {value!r}")
-    try:
-        seconds: int = parse_timeout(value)  # type: ignore[assignment]  # None only for None
-    except TimeoutFormatError:
-        raise ValueError(f"{option}={value!r} is not a duration: write seconds or e.g. '90s', '10m', '2h', '1d'") from None
-    if seconds < minimum and not (forever and seconds == -1):
-        allowed = f"{minimum} or more" + (" (-1: for ever)" if forever else "")
-        raise ValueError(f"{option}={value!r} is out of range: seconds, {allowed}")
-    return seconds

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from datetime import datetime, timedelta, timezone
@@ -36,7 +37,8 @@ from rq_scheduler import Scheduler
 from rqplus import Queue, Worker, priority_of
 from rqplus.cli import main
 from rqplus.dashboard import Credentials, DashboardConfigError, Server, audit, create_app, metrics, security
-from rqplus.dashboard.payloads import DashboardJob, Masker, shown
+from rqplus.dashboard.masking import Masker, shown
+from rqplus.dashboard.payloads import DashboardJob
 from rqplus.serializers import SafeSerializer, Withheld, withheld_in
 from rqplus.embedded import RedisServer
 from rqplus import requeue as runs
@@ -384,9 +386,10 @@ def test_audit_log_is_bounded(redis: Redis) -> None:
     assert audit.entries(redis, 1)[0]["target"] == f"job {audit.AUDIT_LENGTH + 4}"
 
 
-def confirmation(page: bytes) -> dict[str, str]:
-    """The hidden fields of the failed-jobs page's "Requeue these N jobs" form."""
-    form = page.decode().split('id="bulk-requeue"')[1].split("</form>")[0]
+def confirmation(client: FlaskClient, query: str) -> dict[str, str]:
+    """The hidden fields of the bulk requeue's confirmation form, as the failed-jobs page's
+    "Requeue these N jobs" button (a GET with the page's filters) shows it."""
+    form = client.get(f"/failed/requeue?{query}").text.split('id="confirm-requeue"')[1].split("</form>")[0]
     return dict(re.findall(r'name="(expected|selection)" value="([^"]*)"', form))
 
 
@@ -402,7 +405,7 @@ def test_bulk_requeue_by_function_and_exception_with_count_first(client: FlaskCl
     monkeypatch.setattr(DashboardJob, "latest_result", lambda *a, **k: pytest.fail("latest_result per job"))
     page = client.get("/failed?function=tests.jobs.record&exception=ValueError")
     assert b'<strong id="match-count">3</strong>' in page.data
-    shown = confirmation(page.data)
+    shown = confirmation(client, "function=tests.jobs.record&exception=ValueError")
     assert shown["expected"] == "3"
     form = {"function": "tests.jobs.record", "exception": "ValueError"}
     stale = post(client, "/failed/requeue", data={**form, **shown, "selection": "0" * 64})
@@ -424,7 +427,7 @@ def test_bulk_requeue_refuses_another_selection_of_the_same_size(client: FlaskCl
     first, second, third = (queue.enqueue("tests.jobs.record", str(n)) for n in range(3))
     fail(first)
     fail(second)
-    shown = confirmation(client.get("/failed?queue=q").data)
+    shown = confirmation(client, "queue=q")
     assert shown["expected"] == "2"
     FailedJobRegistry("q", connection=redis).remove(first, delete_job=True)   # meanwhile: one gone,
     fail(third)                                                                # another failed
@@ -456,6 +459,56 @@ def test_bulk_requeue_runs_in_the_background_with_a_progress_page(client: FlaskC
     assert (end["user"], end["count"], end["skipped"]) == (USER, 3000, 0)
 
 
+def test_six_concurrent_requeue_all_posts_make_one_run_the_others_join(app, redis: Redis, monkeypatch) -> None:
+    monkeypatch.setenv("RQPLUS_REQUEUE_THROTTLE", "2")     # 3 batches 2 s apart: the run outlasts the posts
+    queue = Queue("q", connection=redis)
+    failed_in_bulk(queue, 3000)
+    clients = [logged_in(app) for _ in range(6)]
+    barrier, answers = threading.Barrier(6), []
+
+    def requeue_all(each: FlaskClient) -> None:
+        barrier.wait()
+        answers.append(post(each, "/rq/requeue/q").json)
+
+    threads = [threading.Thread(target=requeue_all, args=(each,)) for each in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len({answer["run"] for answer in answers}) == 1 and len(answers) == 6
+    assert sorted(answer["joined"] for answer in answers) == [False] + [True] * 5
+    run = finished(redis, answers[0]["run"])
+    assert (run.done, queue.count, len(runs.runs(redis))) == (3000, 3000, 1)
+    wait_for(lambda: audit.entries(redis)[0]["action"] == "requeue-many")
+    actions = [entry["action"] for entry in audit.entries(redis)]
+    assert sorted(actions) == ["requeue-join"] * 5 + ["requeue-many", "requeue-start"]
+
+
+def test_the_confirmation_counts_the_jobs_names_a_running_run_and_confirming_joins_it(
+        client: FlaskClient, redis: Redis) -> None:
+    queue = Queue("q", connection=redis)
+    failed_in_bulk(queue, 40)
+    page = client.get("/failed/requeue?queue=q").text
+    assert '<strong id="confirm-count">40</strong>' in page and 'id="confirm-requeue-btn"' in page
+    assert "already-running" not in page
+    running, _ = runs.start(redis, "q", runs.Filters(exception="KeyError"), user="ops")   # another user's run...
+    assert runs.claim(redis, running.id, "another dashboard")                            # ... driven elsewhere
+    page = unescape(client.get("/failed/requeue?queue=q").text)
+    assert f'class="already-running" data-run="{running.id}"' in page
+    assert "(exception=KeyError, 0 of 40 examined" in page
+    assert "confirming joins it, and this queue's jobs of other filters wait for the next run" in page
+
+    answer = post(client, "/failed/requeue", data={"queue": "q", **confirmation(client, "queue=q")})
+    assert answer.status_code == 302 and answer.location == f"/requeue?run={running.id}&joined={running.id}"
+    page = client.get(answer.location).text
+    assert f'class="alert alert-info joined-run" data-run="{running.id}"' in page and "you joined it" in page
+    assert post(client, "/rq/requeue/q").json["joined"] is True                     # the JSON answer says so too
+    assert [run.id for run in runs.runs(redis)] == [running.id] and queue.count == 0   # still the other's to drive
+    assert [entry["action"] for entry in audit.entries(redis)] == ["requeue-join", "requeue-join"]
+    page = client.get("/failed/requeue?queue=nope&function=x").text
+    assert 'id="nothing-to-requeue"' in page and "confirm-requeue-btn" not in page
+
+
 def test_bulk_requeue_needs_the_token_and_a_user(app, client: FlaskClient, redis: Redis) -> None:
     failed_in_bulk(Queue("q", connection=redis), 3)
     for path in ("/rq/requeue/q", "/failed/requeue"):
@@ -468,7 +521,7 @@ def test_bulk_requeue_needs_the_token_and_a_user(app, client: FlaskClient, redis
 def test_a_dashboard_start_resumes_a_requeue_whose_process_died(redis: Redis, redis_server: RedisServer) -> None:
     queue = Queue("q", connection=redis)
     failed_in_bulk(queue, 50)
-    run = runs.start(redis, "q", user="admin")                   # started by a dashboard that died at once
+    run, _ = runs.start(redis, "q", user="admin")                # started by a dashboard that died at once
     create_app(redis_server.url, credentials=Credentials(USER, PASSWORD), secret_key="test")
     assert finished(redis, run.id).done == 50 and queue.count == 50
 
@@ -534,7 +587,7 @@ def test_masking_in_text_and_data(monkeypatch) -> None:
     assert masker.text("CardError: card='4111 1111' secret: https://u:p@x/") == "CardError: card='***' secret: ***"
     assert masker.data({"user": 1, "IBAN": "DE89", "nested": [{"cvv": 123}]}) == \
         {"user": 1, "IBAN": "***", "nested": [{"cvv": "***"}]}
-    monkeypatch.setenv("RQPLUS_DASHBOARD_MASK_KEYS", "pin")
+    monkeypatch.setenv("RQPLUS_DASHBOARD_MASK_KEYS", "pin,-password")
     assert Masker().data({"pin": 1, "password": "shown"}) == {"pin": "***", "password": "shown"}
 
 
@@ -776,7 +829,7 @@ def test_masking_takes_linear_time_on_long_words() -> None:
     """The key pattern once started at every character of a word and backtracked through it:
     40 KB of hex in an exception text took 48 s. Here 2 MB must finish well inside the timeout;
     so must bracketed values that nest deep, never close, or hold quotes that never close."""
-    program = ("from rqplus.dashboard.payloads import Masker; m = Masker(); "
+    program = ("from rqplus.dashboard.masking import Masker; m = Masker(); "
                "[m.text(t) for t in ('a' * 2_000_000, 'card' * 500_000, 'x card' * 300_000, "
                "'password=' + '[' * 2_000_000, 'x card=[' * 300_000, 'card=(' + chr(39) + chr(92) * 2_000_000, "
                "'x card=a(' * 300_000, 'x card=' + chr(39) * 300_000)]")
@@ -895,7 +948,7 @@ def test_masking_hides_whole_containers(client: FlaskClient, redis: Redis) -> No
             ("f(secret=('one two', 'x'), n=1)", "f(secret=***, n=1)"),
             ("{'token': [('a', {'b': 'c]'}), \"d)\"], 'user': 7}", "{'token': ***, 'user': 7}"),
             ("f(card=Card('4111 1111', exp='12/29'), n=1)", "f(card=***, n=1)"),
-            ("f(password=['a', 'b'", "f(password=***"),                  # never closed: hidden to the end
+            ("f(password=['a', 'b'", "f(password=***[''''"),   # never closed: hidden to the end, its quotes kept
             ("f(password=['a\\'] b', 'c'], n=1)", "f(password=***, n=1)")):
         assert masker.text(text) == masked, text
     job = Queue("q", connection=redis).enqueue("tests.jobs.record", "x", password=["pa", "ss"],

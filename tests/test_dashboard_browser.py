@@ -23,6 +23,7 @@ from rq.registry import FailedJobRegistry
 from rq_scheduler import Scheduler
 
 from rqplus import Queue
+from rqplus import requeue as runs
 from rqplus.dashboard import create_app, metrics
 from rqplus.embedded import RedisServer
 from tests.conftest import ROOT, Processes, failed_in_bulk, wait_for
@@ -49,13 +50,11 @@ def browser() -> Iterator:
         browser.close()
 
 
-@pytest.fixture(scope="module")
-def live(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def start_dashboard(procs: Processes, redis_server: RedisServer, **env: str) -> str:
     """`rqplus dashboard --port 0` as a subprocess (the port is chosen by the OS as it binds, so no
-    other process can take it in between); yields the base URL it prints."""
-    procs = Processes(tmp_path_factory.mktemp("dashboard"))
+    other process can take it in between); returns the base URL it prints."""
     proc = procs.start([sys.executable, "-m", "rqplus.cli", "dashboard", "--url", redis_server.url, "--port", "0"],
-                       RQPLUS_DASHBOARD_USERNAME=USER, RQPLUS_DASHBOARD_PASSWORD=PASSWORD)
+                       RQPLUS_DASHBOARD_USERNAME=USER, RQPLUS_DASHBOARD_PASSWORD=PASSWORD, **env)
 
     def printed_url() -> str | None:
         assert proc.poll() is None, procs.output(proc)
@@ -64,7 +63,14 @@ def live(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
 
     base = wait_for(printed_url, timeout=20)
     assert urllib.request.urlopen(f"{base}/login", timeout=5).status == 200   # printed once bound
-    yield base
+    return base
+
+
+@pytest.fixture(scope="module")
+def live(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The dashboard as users start it, for the module's tests: its base URL."""
+    procs = Processes(tmp_path_factory.mktemp("dashboard"))
+    yield start_dashboard(procs, redis_server)
     procs.stop_all()
 
 
@@ -238,13 +244,16 @@ def test_the_workers_table_links_each_running_job_to_its_page(page, redis: Redis
     assert page.dialogs == []
 
 
-def test_bulk_requeue_button_shows_progress_until_done(page, redis: Redis) -> None:
+def test_bulk_requeue_button_asks_to_confirm_then_shows_progress_until_done(page, redis: Redis) -> None:
     queue = Queue("q", connection=redis)
     jobs = failed_in_bulk(queue, 2000)
     log_in(page, "/failed?queue=q")
     page.wait_for_selector("#match-count")
-    with page.expect_navigation(url=re.compile(r"/requeue\?run=")):
+    with page.expect_navigation(url=re.compile(r"/failed/requeue\?queue=q")):
         page.click("#bulk-requeue-btn")
+    assert page.inner_text("#confirm-count") == "2,000" and runs.runs(redis) == []   # nothing started yet
+    with page.expect_navigation(url=re.compile(r"/requeue\?run=")):
+        page.click("#confirm-requeue-btn")
     row = page.locator("#requeue-runs tr[data-run]")
     assert row.count() == 1 and "q" in row.inner_text()
     # the page reloads itself (meta refresh) until the run is done
@@ -254,13 +263,41 @@ def test_bulk_requeue_button_shows_progress_until_done(page, redis: Redis) -> No
     assert page.dialogs == []
 
 
-def test_rq_dashboards_requeue_all_goes_to_the_progress_page(page, redis: Redis) -> None:
-    queue = Queue("q", connection=redis)
-    failed_in_bulk(queue, 30)
+@pytest.fixture
+def slow_requeues(browser, redis_server: RedisServer, tmp_path: Path) -> Iterator:
+    """A page on a second `rqplus dashboard` whose bulk requeues pause 4 s between batches
+    (RQPLUS_REQUEUE_THROTTLE), so that a run is still going when the test clicks again."""
+    procs = Processes(tmp_path)
+    context = browser.new_context(base_url=start_dashboard(procs, redis_server, RQPLUS_REQUEUE_THROTTLE="4"))
+    page = context.new_page()
+    page.dialogs = []
+    page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
+    yield page
+    context.close()
+    procs.stop_all()
+
+
+def test_requeue_all_asks_to_confirm_and_a_second_click_joins_the_running_run(slow_requeues, redis: Redis) -> None:
+    page, queue = slow_requeues, Queue("q", connection=redis)
+    failed_in_bulk(queue, 3000)                                   # 3 batches: at least 8 s with the pauses
     log_in(page, "/rq/0/view/jobs/q/failed/8/asc/1")
     page.wait_for_selector("#jobs tr[data-job-id]")
-    page.click("#requeue-all-btn")
+    with page.expect_navigation(url=re.compile(r"/failed/requeue\?queue=q")):
+        page.click("#requeue-all-btn")                             # rq-dashboard's button: the confirmation first
+    assert page.inner_text("#confirm-count") == "3,000" and page.locator(".already-running").count() == 0
     with page.expect_navigation(url=re.compile(r"/requeue\?run=")):
-        page.click("#confirmation-modal-yes")
-    page.wait_for_selector("#requeue-runs tr[data-status=done]", timeout=30_000)
-    assert queue.count == 30 and page.dialogs == []
+        page.click("#confirm-requeue-btn")
+    run_id = page.locator("#requeue-runs tr[data-run]").get_attribute("data-run")
+    assert page.locator("#requeue-runs tr[data-status=running]").count() == 1
+
+    page.goto("/rq/0/view/jobs/q/failed/8/asc/1")                  # a second click, while it runs
+    page.wait_for_selector("#jobs tr[data-job-id]")
+    with page.expect_navigation(url=re.compile(r"/failed/requeue\?queue=q")):
+        page.click("#requeue-all-btn")
+    assert page.locator(f".already-running[data-run='{run_id}']").count() == 1
+    with page.expect_navigation(url=re.compile(rf"/requeue\?run={run_id}&joined={run_id}")):
+        page.click("#confirm-requeue-btn")
+    assert "you joined it" in page.inner_text(f".joined-run[data-run='{run_id}']")
+    page.wait_for_selector("#requeue-runs tr[data-status=done]", timeout=60_000)
+    assert page.inner_text("#requeue-runs tr[data-run] .run-done") == "3,000"
+    assert [run.id for run in runs.runs(redis)] == [run_id] and queue.count == 3000 and page.dialogs == []

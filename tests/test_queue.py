@@ -340,25 +340,6 @@ def test_an_enqueue_that_cannot_be_inserted_writes_nothing(redis, corrupt, messa
     assert snapshot(redis) == before
 
 
-@pytest.mark.parametrize("name, error, message", [
-    ("", ValueError, "is empty"),
-    ("   ", ValueError, "is empty"),
-    ("x" * 1001, ValueError, "1001 characters is over the 1000 character limit"),
-    ("emails:intermediate", ValueError, "intermediate list"),
-    (b"emails", TypeError, "a queue name is a str"),
-])
-def test_odd_queue_names_are_refused_and_nothing_is_written(redis, name, error, message):
-    before = snapshot(redis)
-    with pytest.raises(error, match=message):
-        Queue(name, connection=redis).enqueue(JOB, "x")
-    assert snapshot(redis) == before
-
-
-def test_colons_and_long_names_within_the_limit_are_queue_names(redis):
-    for name in ("emails:high", "x" * 1000):
-        assert Queue(name, connection=redis).enqueue(JOB, "x").origin == name
-
-
 @pytest.mark.parametrize("enqueue", [lambda q: q.enqueue(42), lambda q: q.enqueue_call(func=None),
                                      lambda q: q.enqueue_at(datetime.now(UTC), 4.2)])
 def test_a_job_function_that_is_neither_callable_nor_a_path_is_a_type_error(redis, enqueue):

@@ -2,14 +2,17 @@
 
 Covers: exactly the matching failed jobs requeued, each at its priority; jobs whose meta would
 change left alone; a run resumed after its `rqplus requeue` process was SIGKILLed requeues every
-matching job exactly once without rescanning the registry; the CLI's errors.
+matching job exactly once without rescanning the registry; one run per queue however many
+threads, processes or CLIs start at once (the others join it); the CLI's errors.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
+import threading
 
 import pytest
 from redis import Redis
@@ -18,6 +21,7 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from rqplus import Queue, UnknownQueueError, priority_of
+from rqplus.exceptions import RequeueBusyError
 from rqplus import requeue as runs
 from rqplus.embedded import RedisServer, free_port
 from rqplus.requeue import Filters
@@ -26,7 +30,8 @@ from tests.test_dashboard import fail
 
 
 def run_to_end(redis: Redis, queue: str, filters: Filters | None = None, batch_size: int = 4) -> runs.Run:
-    run = runs.start(redis, queue, filters)
+    run, started = runs.start(redis, queue, filters)
+    assert started
     assert runs.claim(redis, run.id, "test")
     return runs.drive(redis, run.id, "test", batch_size=batch_size)
 
@@ -102,7 +107,7 @@ def test_jobs_whose_meta_would_change_are_skipped_and_json_jobs_stay_json(redis:
 def test_jobs_failing_again_during_a_run_are_left_for_the_next_one(redis: Redis) -> None:
     queue = Queue("q", connection=redis)
     failed_in_bulk(queue, 6)
-    run = runs.start(redis, "q")
+    run, _ = runs.start(redis, "q")
     late = queue.enqueue("tests.jobs.record", "late")
     queue.failed_job_registry.add(late, ttl=2 * 9_999_999_999)   # scored after the run's bound
     assert runs.claim(redis, run.id, "test")
@@ -114,12 +119,93 @@ def test_an_unknown_queue_is_refused_and_a_live_run_is_not_taken_over(redis: Red
     with pytest.raises(UnknownQueueError, match="no queue 'nope'"):
         runs.start(redis, "nope")
     failed_in_bulk(Queue("q", connection=redis), 2)
-    run = runs.start(redis, "q")
+    run, _ = runs.start(redis, "q")
     assert runs.claim(redis, run.id, "first") and not runs.claim(redis, run.id, "second")
     assert runs.orphaned(redis) == []
     assert runs.drive(redis, run.id, "second").running             # not its owner: nothing done
     redis.delete(runs.owner_key(run.id))                            # the first owner's heartbeat lapsed
     assert [orphan.id for orphan in runs.orphaned(redis)] == [run.id]
+
+
+# --- one run per queue -------------------------------------------------------------------------
+
+def end_run(redis: Redis, run: runs.Run) -> runs.Run:
+    assert runs.claim(redis, run.id, "test")
+    return runs.drive(redis, run.id, "test")
+
+
+def test_threads_starting_at_once_make_one_run_and_the_others_join_it(redis: Redis, redis_server: RedisServer) -> None:
+    failed_in_bulk(Queue("q", connection=redis), 20)
+    for round_ in range(5):
+        barrier, found = threading.Barrier(8), []
+
+        def start() -> None:
+            client = redis_server.client()
+            barrier.wait()
+            found.append(runs.start(client, "q", Filters(exception=None if round_ % 2 else "ValueError")))
+            client.close()
+
+        threads = [threading.Thread(target=start) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(started for _, started in found) == [False] * 7 + [True]
+        assert len({run.id for run, _ in found}) == 1
+        run = found[0][0]
+        assert redis.get(runs.active_key("q")) == run.id.encode() and redis.ttl(runs.active_key("q")) == -1
+        assert len(runs.runs(redis, limit=100)) == round_ + 1            # one run recorded per round
+        end_run(redis, run)
+        assert not redis.exists(runs.active_key("q"))                    # ended: the queue is free again
+
+
+#: A process that waits for the test's go, then starts (or joins) a run over queue "q".
+STARTER = """
+import json, sys
+from redis import Redis
+from rqplus import requeue
+redis = Redis.from_url(sys.argv[1])
+redis.blpop("test:go", 30)
+run, started = requeue.start(redis, "q", user=sys.argv[2])
+print(json.dumps([run.id, started]))
+"""
+
+
+def test_two_processes_starting_at_once_make_one_run(redis: Redis, redis_server: RedisServer,
+                                                      processes: Processes) -> None:
+    failed_in_bulk(Queue("q", connection=redis), 20)
+    for _ in range(3):
+        starters = [processes.start([sys.executable, "-c", STARTER, redis_server.url, name]) for name in ("a", "b")]
+        wait_for(lambda: sum(client["cmd"] == "blpop" for client in redis.client_list()) == 2)
+        redis.rpush("test:go", 1, 1)                                   # both go at once
+        answers = [json.loads(processes.finish(proc).strip().splitlines()[-1]) for proc in starters]
+        assert sorted(started for _, started in answers) == [False, True], answers
+        assert answers[0][0] == answers[1][0]
+        assert end_run(redis, runs.load(redis, answers[0][0])).status == "done"
+    assert len(runs.runs(redis)) == 3
+
+
+def test_a_starter_that_died_before_recording_its_run_frees_the_queue(redis: Redis, monkeypatch) -> None:
+    failed_in_bulk(Queue("q", connection=redis), 3)
+    monkeypatch.setattr(runs, "JOIN_WAIT", 0.2)
+    redis.set(runs.active_key("q"), "1700000000-deadbeef", ex=runs.STARTING_TTL)    # set, then the starter died
+    with pytest.raises(RequeueBusyError, match="names run 1700000000-deadbeef, which no longer exists"):
+        runs.start(redis, "q")
+    redis.pexpire(runs.active_key("q"), 1)                              # ... STARTING_TTL later
+    wait_for(lambda: not redis.exists(runs.active_key("q")))
+    run, started = runs.start(redis, "q")
+    assert started and end_run(redis, run).done == 3
+
+
+def test_a_run_deleted_by_hand_says_which_key_to_delete(redis: Redis, monkeypatch) -> None:
+    failed_in_bulk(Queue("q", connection=redis), 3)
+    monkeypatch.setattr(runs, "JOIN_WAIT", 0.2)
+    run, _ = runs.start(redis, "q")
+    redis.delete(run.key)
+    with pytest.raises(RequeueBusyError, match="run was deleted by hand \\(then delete rqplus:requeue:active:q\\)"):
+        runs.start(redis, "q")
+    redis.delete(runs.active_key("q"))
+    assert runs.start(redis, "q")[1]
 
 
 # --- rqplus requeue ----------------------------------------------------------------------------
@@ -185,6 +271,31 @@ def test_cli_errors_for_an_unknown_queue_and_an_unreachable_redis(redis: Redis, 
     assert "cannot reach Redis at redis://:***@127.0.0.1:" in result.stderr and "s3cret-pw" not in result.stderr
     result = rqplus_requeue("--url", redis_server.url)
     assert result.returncode == 2 and "--queue" in result.stderr
+
+
+def test_a_second_cli_joins_a_run_of_the_same_filters_and_refuses_other_filters(
+        redis: Redis, redis_server: RedisServer, processes: Processes) -> None:
+    queue = Queue("q", connection=redis)
+    failed_in_bulk(queue, 30)
+    run, _ = runs.start(redis, "q", Filters(exception="ValueError"), user="admin")   # as a dashboard starts it
+    assert runs.claim(redis, run.id, "dashboard")                                     # ... and drives it
+
+    other = rqplus_requeue("--queue", "q", "--url", redis_server.url)
+    assert other.returncode == 1 and other.stdout == ""
+    assert other.stderr == (f"rqplus requeue: run {run.id} (exception=ValueError, by admin, 0 of 30 examined) is "
+                            "requeueing queue 'q': one bulk requeue per queue at a time; run this again once it has "
+                            "ended\n")
+
+    joined = processes.start([sys.executable, "-m", "rqplus.cli", "requeue", "--queue", "q", "--exception",
+                              "ValueError", "--url", redis_server.url])
+    wait_for(lambda: "joining run" in processes.output(joined))
+    assert joined.poll() is None and queue.count == 0                  # watching the dashboard's driver
+    redis.delete(runs.owner_key(run.id))                               # the dashboard died: the CLI drives it
+    out = processes.finish(joined)
+    assert joined.returncode == 0, out
+    assert f"rqplus requeue: joining run {run.id} (exception=ValueError, by admin, 0 of 30 examined)" in out
+    assert "requeued 30 of 30 failed jobs in " in out and f"(run {run.id}, " in out
+    assert queue.count == 30 and [r.id for r in runs.runs(redis)] == [run.id]
 
 
 def test_exception_and_function_rules_are_the_dashboards() -> None:

@@ -192,6 +192,7 @@ def test_an_smtp_outage_is_retried_with_backoff_and_delivered_when_the_server_is
     ({"result_ttl": -2}, ValueError, "result_ttl=-2 is out of range"),
     ({"failure_ttl": "soon"}, ValueError, "failure_ttl='soon' is not a duration"),
     ({"failure_ttl": 1.5}, TypeError, "failure_ttl must be whole seconds"),
+    ({"failure_ttl": 0}, ValueError, "failure_ttl=0 is out of range"),         # RQ would delete the failed job
     ({"durable": "yes"}, TypeError, "durable must be True or False"),
     ({"queue": ""}, ValueError, "is empty"),
     ({"queue": 3}, TypeError, "a queue name is a str"),
@@ -202,7 +203,7 @@ def test_bad_options_are_refused_at_decoration(options, error, words):
 
 
 def test_good_options_in_rqs_forms_are_accepted():
-    @task(job_timeout="10m", result_ttl=-1, failure_ttl=0, ttl="1h", retry=lambda: None)
+    @task(job_timeout="10m", result_ttl=0, failure_ttl=-1, ttl="1h", retry=lambda: None)
     def report() -> None: ...
 
     assert (report.__rqplus_task__.job_timeout, report.__rqplus_task__.ttl) == (600, 3600)

@@ -7,7 +7,7 @@ Usage::
 
 Layout: :mod:`~rqplus.dashboard.app` (the Flask app and its server), :mod:`.security` (login,
 CSRF, same-origin, CSP), :mod:`.rqdashboard` (rq-dashboard's gaps closed), :mod:`.payloads` (job
-data loaded without unpickling foreign code, secrets masked), :mod:`.actions` (requeue, delete,
+data loaded without unpickling foreign code), :mod:`.masking` (secrets hidden), :mod:`.actions` (requeue, delete,
 empty), :mod:`.views` (rqplus' pages), :mod:`.metrics`, :mod:`.charts`, :mod:`.audit`.
 """
 

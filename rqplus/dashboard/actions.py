@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -35,7 +36,7 @@ from rqplus import requeue as runs
 from rqplus.dashboard import audit
 from rqplus.dashboard.metrics import all_queues
 from rqplus.dashboard.payloads import DashboardJob
-from rqplus.exceptions import UnknownQueueError
+from rqplus.exceptions import RequeueBusyError, UnknownQueueError
 from rqplus.queue import Queue
 from rqplus.requeue import Filters, exception_type, function_name, result_exc_string, unsafe_meta
 from rqplus.serializers import serializer_for
@@ -47,6 +48,8 @@ REGISTRIES: dict[str, type[BaseRegistry]] = {
 }
 #: Failed jobs looked at per queue by the failed-jobs page (its bulk requeue runs over them all).
 BULK_SCAN_LIMIT = 5000
+#: Seconds between two batches of the dashboard's bulk requeues (see requeue_throttle).
+THROTTLE_ENV = "RQPLUS_REQUEUE_THROTTLE"
 log = logging.getLogger(__name__)
 
 
@@ -138,24 +141,29 @@ def _requeue_loaded(connection: Redis, job: DashboardJob) -> None:
         raise ActionError(409, f"job {job.id} is not in the failed registry of queue {job.origin!r}") from None
 
 
-def start_requeue(connection: Redis, filters: Filters, actor: Actor) -> runs.Run:
+def start_requeue(connection: Redis, filters: Filters, actor: Actor) -> tuple[runs.Run, bool]:
     """Start a bulk requeue of ``filters.queue``'s failed jobs matching ``filters`` (each at its
-    priority), driven by a thread of this process; returns the run at once. Audited at the start
-    and at the end (with its counts). 404 for a queue Redis does not know.
+    priority), driven by a thread of this process, or join the run already going through that
+    queue (one at a time, whatever its filters); returns the run at once, and True when this call
+    started it. Audited at the start (or the join) and at the end (with its counts). A joined run
+    whose driver died is driven from here. 404 for a queue Redis does not know, 409 when the
+    queue's run can neither start nor be joined (see :class:`rqplus.exceptions.RequeueBusyError`).
 
-    Usage: ``start_requeue(redis, Filters("emails", exception="TimeoutError"), Actor("admin")).id``
+    Usage: ``run, started = start_requeue(redis, Filters("emails", exception="TimeoutError"), Actor("admin"))``
     """
     assert filters.queue is not None, "a run requeues one queue's failed jobs"
     try:
-        run = runs.start(connection, filters.queue, filters, user=actor.user, ip=actor.ip or "")
+        run, started = runs.start(connection, filters.queue, filters, user=actor.user, ip=actor.ip or "")
     except UnknownQueueError as error:
         raise ActionError(404, str(error)) from None
-    audit.record(connection, actor.user, "requeue-start", f"failed jobs {filters.describe()}", ip=actor.ip,
-                 run=run.id, total=run.total)
+    except RequeueBusyError as error:
+        raise ActionError(409, str(error)) from None
+    audit.record(connection, actor.user, "requeue-start" if started else "requeue-join",
+                 f"failed jobs {run.filters.describe()}", ip=actor.ip, run=run.id, total=run.total)
     owner = runs.new_owner()
     if runs.claim(connection, run.id, owner):
         _drive_in_background(connection, run, owner)
-    return run
+    return run, started
 
 
 def resume_requeues(connection: Redis) -> list[runs.Run]:
@@ -171,6 +179,22 @@ def resume_requeues(connection: Redis) -> list[runs.Run]:
     return resumed
 
 
+def requeue_throttle() -> float:
+    """Seconds the dashboard's bulk requeues pause between batches: ``$RQPLUS_REQUEUE_THROTTLE``
+    (0 to 60, default 0), as ``rqplus requeue --throttle`` does, to spare a busy Redis.
+
+    Usage: ``runs.drive(redis, run.id, owner, throttle=requeue_throttle())``
+    """
+    raw = os.environ.get(THROTTLE_ENV, "0")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 60:
+        raise ValueError(f"{THROTTLE_ENV}={raw!r}: seconds from 0 to 60 between two batches of a bulk requeue")
+    return seconds
+
+
 def _drive_in_background(connection: Redis, run: runs.Run, owner: str) -> None:
     threading.Thread(target=_drive, args=(connection, run, owner), name=f"rqplus-requeue-{run.id}",
                      daemon=True).start()
@@ -179,7 +203,7 @@ def _drive_in_background(connection: Redis, run: runs.Run, owner: str) -> None:
 def _drive(connection: Redis, run: runs.Run, owner: str) -> None:
     """A run's thread: drive it, then audit its end; a Redis outage leaves it resumable."""
     try:
-        ended = runs.drive(connection, run.id, owner)
+        ended = runs.drive(connection, run.id, owner, throttle=requeue_throttle())
         if ended is not None and not ended.running:
             audit.record(connection, run.user, "requeue-many", f"failed jobs {run.filters.describe()}", ip=run.ip,
                          run=run.id, count=ended.done, skipped=ended.skipped, total=ended.total)

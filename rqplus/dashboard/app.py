@@ -29,7 +29,7 @@ from waitress.task import ThreadedTaskDispatcher
 from rqplus.connections import connect, explain, redis_url
 from rqplus.dashboard import actions, rqdashboard, security
 from rqplus.dashboard.actions import ActionError
-from rqplus.dashboard.payloads import Masker
+from rqplus.dashboard.masking import Masker
 from rqplus.dashboard.security import Credentials
 from rqplus.dashboard.views import Dashboard, blueprint
 from rqplus.defaults import DASHBOARD_HOST, DASHBOARD_PORT, DASHBOARD_PREFIX
@@ -54,8 +54,9 @@ def create_app(url: str | None = None, *, credentials: Credentials | None = None
     :class:`DashboardConfigError` is raised unless ``auth=False`` (then anyone reaching the port
     may use it). Bulk requeues left running by a dashboard that died are taken up again, by
     threads of this process. ``prefix``: where rq-dashboard's pages live. ``mask_keys``: key fragments whose
-    values are masked (default ``$RQPLUS_DASHBOARD_MASK_KEYS`` or password, token, secret, card,
-    cvv, iban).
+    values are masked, exactly these (default: ``rqplus.dashboard.masking.DEFAULT_MASK_KEYS``
+    with ``$RQPLUS_DASHBOARD_MASK_KEYS``'s changes); URL passwords and Bearer/Basic credentials
+    are masked whatever the keys.
 
     Usage: ``DispatcherMiddleware(main_app, {"/queues": create_app(credentials=Credentials("ops", pw))})``
     """
@@ -76,6 +77,7 @@ def create_app(url: str | None = None, *, credentials: Credentials | None = None
     app.register_blueprint(blueprint)
     rqdashboard.mount(app, prefix)
     _answer_cleanly(app)
+    actions.requeue_throttle()  # a bad $RQPLUS_REQUEUE_THROTTLE fails the start, not a run's thread
     try:
         actions.resume_requeues(board.connection)
     except RedisError as error:  # Redis out of reach now: the pages say so; runs resume at a later start

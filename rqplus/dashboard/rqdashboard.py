@@ -38,9 +38,10 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from rqplus.dashboard import actions
 from rqplus.dashboard.metrics import workers
-from rqplus.dashboard.payloads import DashboardJob, shown
+from rqplus.dashboard.masking import shown
+from rqplus.dashboard.payloads import DashboardJob
 from rqplus.dashboard.security import wants_html
-from rqplus.dashboard.views import actor, dashboard
+from rqplus.dashboard.views import actor, dashboard, progress_url
 from rqplus.queue import Queue
 from rqplus.requeue import Filters
 from rqplus.serializers import SafeSerializer
@@ -70,9 +71,14 @@ TEMPLATE_PATCHES: list[tuple[str, str, str, str]] = [
      "links to rqplus' pages and a log-out button"),
     ("rq_dashboard/scripts/jobs.js", r"\$\(this\)\.val\('\{\{ queue\.name \}\}'\)", "$(this).val({{ queue.name|tojson }})",
      "the queue name (from the URL) becomes a JSON string literal, not text pasted into JavaScript"),
-    ("rq_dashboard/scripts/jobs.js", r"(modalConfirm\('requeue all', function\(\) \{\s*\$\.post\(\$this\.attr\('href'\), "
-     r"function\(data\) \{)\}\);", r"\1 window.location = data.progress; });",
-     "Requeue All starts a background requeue: the browser goes to its progress page"),
+    ("rq_dashboard/jobs.html", r"url_for\('rq_dashboard\.requeue_all', queue_name=queue\.name\)",
+     "url_for('rqplus.confirm_requeue', queue=queue.name)",
+     "Requeue All leads to the bulk requeue's confirmation page (how many jobs, a run already going)"),
+    ("rq_dashboard/scripts/jobs.js",
+     r"modalConfirm\('requeue all', function\(\) \{\s*\$\.post\(\$this\.attr\('href'\), "
+     r"function\(data\) \{\}\);\s*\}\);",
+     "window.location = $this.attr('href');",
+     "the button's click goes to that page, whose form starts the background requeue (or joins the one going)"),
 ]
 
 
@@ -311,21 +317,24 @@ def requeue_job_view(job_id: str) -> Response:
 
 
 # rq-dashboard: accepts GET, so a link or <img> could requeue everything, and requeues them all
-# within the request (minutes for 100k jobs). Here: POST only (the CSRF and same-origin checks
-# apply), a background run at each job's priority (audited at its start and end), answered at once.
+# within the request (minutes for 100k jobs), as many at once as requests come. Here: POST only
+# (the CSRF and same-origin checks apply), a background run at each job's priority (audited at its
+# start and end), answered at once; while a run goes through the queue, a request joins it.
+# (The page's Requeue All button leads to the confirmation page first, see TEMPLATE_PATCHES.)
 def requeue_all(queue_name: str) -> Response:
-    """Start requeueing every failed job of a queue in the background, each at its priority
-    (POST only): a browser form is redirected to the progress page, scripts get JSON naming it.
+    """Start requeueing every failed job of a queue in the background, each at its priority, or
+    join the run doing it already (POST only): a browser form is redirected to the progress page,
+    scripts get JSON naming it (``joined``: true when the run was already going).
 
     Usage: ``POST /rq/requeue/<queue>`` with the CSRF token -> ``{"status": "OK", "run": ..., "progress": ...}``
     """
     if request.method != "POST":
         raise MethodNotAllowed(valid_methods=["POST"], description="requeue-all changes state: POST only")
-    run = actions.start_requeue(dashboard().connection, Filters(queue_name), actor())
-    progress = url_for("rqplus.requeue_progress", run=run.id)
+    run, started = actions.start_requeue(dashboard().connection, Filters(queue_name), actor())
+    progress = progress_url([(run, started)])
     if wants_html():
         return redirect(progress)
-    return _json({"status": "OK", "run": run.id, "total": run.total, "progress": progress})
+    return _json({"status": "OK", "run": run.id, "total": run.total, "joined": not started, "progress": progress})
 
 
 # rq-dashboard: Job.fetch with the stock unpickler, ERROR without a message. Here: safe, 404, audited.

@@ -23,7 +23,8 @@ from rqplus import requeue as runs
 from rqplus.connections import redact
 from rqplus.dashboard import actions, audit, metrics
 from rqplus.dashboard.charts import line_chart
-from rqplus.dashboard.payloads import DashboardJob, Masker
+from rqplus.dashboard.masking import Masker
+from rqplus.dashboard.payloads import DashboardJob
 from rqplus.dashboard.security import app_credentials, current_user
 from rqplus.durability import DurabilityReport, cached_check
 from rqplus.requeue import Filters
@@ -161,13 +162,34 @@ def failed() -> str:
                            beyond=actions.beyond_scan(connection), scan_limit=actions.BULK_SCAN_LIMIT)
 
 
+@blueprint.route("/failed/requeue")
+def confirm_requeue() -> str:
+    """The confirmation step of a bulk requeue: how many failed jobs match the filters, which
+    queues' registries a run goes through (and their size), which of them a run is requeueing
+    already (confirming joins it: one run per queue at a time), and the form that starts it.
+
+    Usage: ``GET /failed/requeue?queue=emails&exception=TimeoutError``
+    """
+    connection = dashboard().connection
+    chosen = _filters(request.args)
+    matching = actions.failed_jobs(connection, **chosen)
+    counts = actions.failed_counts(connection)
+    queues = _requeued_queues(chosen, counts)
+    return render_template("rqplus/confirm_requeue.html", chosen=chosen, count=len(matching),
+                           selection=actions.selection_digest(matching), criteria=Filters(**chosen).describe(),
+                           asked=Filters(None, chosen["function"], chosen["exception"]).describe(),
+                           scan_limit=actions.BULK_SCAN_LIMIT,
+                           queues=[(name, counts.get(name, 0), runs.active(connection, name)) for name in queues])
+
+
 @blueprint.route("/failed/requeue", methods=["POST"])
 def requeue_failed() -> Response:
     """Start requeueing the failed jobs matching the filters in the background (a run per queue,
-    each job at its priority), if the selection shown is still the one the user confirmed (the
-    same job ids, by digest; 409 when it changed meanwhile); redirects to the runs' progress.
+    each job at its priority; a queue some run requeues already joins that run), if the selection
+    shown is still the one the user confirmed (the same job ids, by digest; 409 when it changed
+    meanwhile); redirects to the runs' progress.
 
-    Usage: ``POST /failed/requeue`` with the filters, ``selection`` and the CSRF token (the page's form)
+    Usage: ``POST /failed/requeue`` with the filters, ``selection`` and the CSRF token (the confirmation's form)
     """
     connection = dashboard().connection
     chosen = _filters(request.form)
@@ -176,18 +198,31 @@ def requeue_failed() -> Response:
         shown = request.form.get("expected", "?")
         raise actions.ActionError(409, f"the selection changed: {len(matching)} failed jobs match now, not the "
                                        f"{shown} shown. Review it and confirm again.")
-    # the page looks at the oldest BULK_SCAN_LIMIT of each queue; a run goes through the whole registry
-    queues = [chosen["queue"]] if chosen["queue"] else [name for name, count in actions.failed_counts(connection).items()
-                                                        if count]
+    queues = _requeued_queues(chosen, actions.failed_counts(connection))
     started = [actions.start_requeue(connection, Filters(queue, chosen["function"], chosen["exception"]), actor())
                for queue in queues]
-    return redirect(url_for("rqplus.requeue_progress", run=[run.id for run in started]))
+    return redirect(progress_url(started))
+
+
+def _requeued_queues(chosen: dict[str, str | None], counts: dict[str, int]) -> list[str]:
+    # the pages look at the oldest BULK_SCAN_LIMIT of each queue; a run goes through the whole registry
+    return [chosen["queue"]] if chosen["queue"] else [name for name, count in counts.items() if count]
+
+
+def progress_url(started: list[tuple[runs.Run, bool]]) -> str:
+    """The progress page of the runs ``actions.start_requeue`` returned, saying which were joined.
+
+    Usage: ``redirect(progress_url([actions.start_requeue(redis, filters, actor())]))``
+    """
+    return url_for("rqplus.requeue_progress", run=[run.id for run, _ in started],
+                   joined=[run.id for run, new in started if not new])
 
 
 @blueprint.route("/requeue")
 def requeue_progress() -> str:
     """Bulk requeues and their progress (done / total, rate, status): the runs named by ``run=``,
-    else the latest ones; reloads itself while one is running.
+    else the latest ones; reloads itself while one is running. ``joined=`` names the runs a
+    request joined rather than started (the page says so).
 
     Usage: ``GET /requeue?run=<run id>``
     """
@@ -195,7 +230,7 @@ def requeue_progress() -> str:
     shown = runs.runs(dashboard().connection, named or None, limit=RUNS_SHOWN)
     going = any(run.running for run in shown)
     return render_template("rqplus/requeue.html", runs=shown, named=bool(named),
-                           refresh=PROGRESS_REFRESH if going else None)
+                           joined=set(request.args.getlist("joined")), refresh=PROGRESS_REFRESH if going else None)
 
 
 @blueprint.route("/audit")
