@@ -21,10 +21,65 @@ from rq.job import Job as RQJob
 
 from rqplus.allowlist import resolve, resolve_job_function
 from rqplus.compat import JobCompat
+from rqplus.exceptions import UnsafePickleError
 
 
 class Job(JobCompat, RQJob):
-    """An RQ job whose callables are resolved and judged by :mod:`rqplus.allowlist` when asked for."""
+    """An RQ job whose callables are resolved and judged by :mod:`rqplus.allowlist` when asked for,
+    and whose meta is decoded when it is first read."""
+
+    _meta: dict[str, Any]
+    _stored_meta: bytes | None = None  # the meta field as fetched, until meta is first read
+    _meta_error: Exception | None = None  # why the fetched meta could not be read
+
+    # RQ change: the meta field is decoded when meta is first read (RQ: by restore, for every job
+    # fetched), so a fork worker's main process, which fetches each job, decodes no job's meta but
+    # to put one back at its priority (a rescue, a retry after its work-horse died).
+    def restore(self, raw_data: Any) -> Any:
+        fields = dict(raw_data)
+        stored = next((fields.pop(key) for key in (b"meta", "meta") if key in fields), None)
+        result = super().restore(fields)
+        self._stored_meta, self._meta_error = stored or None, None
+        return result
+
+    @property  # type: ignore[override]
+    def meta(self) -> dict[str, Any]:
+        stored = self._stored_meta
+        if stored is not None:
+            self._stored_meta = None
+            try:
+                self._meta = self.serializer.loads(stored)
+            except Exception as error:  # as RQ's restore: kept as bytes, written back as they were
+                self._meta, self._meta_error = {"unserialized": stored}, error
+                self._unreadable_meta = stored  # rq 3.0 writes these bytes back on save (2.12: unused)
+        return self._meta
+
+    @meta.setter
+    def meta(self, value: dict[str, Any]) -> None:
+        self._stored_meta, self._meta = None, value
+
+    # RQ change: a meta never read is saved back as it was fetched, byte for byte (RQ decodes every
+    # fetched meta, then encodes it again to save the job).
+    def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict:
+        stored = self._stored_meta
+        self._stored_meta = None  # RQ's to_dict reads meta (empty until decoded) even without include_meta
+        try:
+            fields = super().to_dict(include_meta=include_meta and stored is None, include_result=include_result)
+        finally:
+            self._stored_meta = stored
+        if include_meta and stored is not None:
+            fields["meta"] = stored
+        return fields
+
+    def meta_refusal(self) -> str | None:
+        """Why this job must not run because of its meta (a pickle the safe unpickler refused, see
+        :mod:`rqplus.unpickling`), or None. Any other unreadable meta is kept as RQ keeps it.
+
+        Usage: ``job.meta_refusal()  # -> "UnsafePickleError: the pickle applies BUILD to a class ..."``
+        """
+        self.meta  # noqa: B018 -- decoded now, if it was not yet
+        error = self._meta_error
+        return f"UnsafePickleError: the job's meta: {error}" if isinstance(error, UnsafePickleError) else None
 
     # RQ change: the function is resolved by the allow-list (RQ: import_attribute of any name).
     @property
