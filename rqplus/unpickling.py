@@ -541,11 +541,28 @@ class _Engine(pickle._Unpickler):
         self.append(float(self.number_line()))
     dispatch[pickle.FLOAT[0]] = load_float
 
-    def number_line(self) -> bytes:
+    def number_line(self, longest: int = MAX_DIGITS + 8) -> bytes:
         line = self.readline()[:-1]
-        if len(line) > MAX_DIGITS + 8:
-            raise _refuse(f"writes a number of {len(line)} characters (at most {MAX_DIGITS} digits)")
+        if len(line) > longest:
+            raise _refuse(f"writes a number of {len(line)} characters (at most {longest})")
         return line
+
+    # protocol 0 writes memo indexes as text: bounded as the binary ones (4 bytes), so that no
+    # index of a hash already in the memo can be written (a hash flood of the memo)
+    def load_get(self) -> None:
+        self.append(self.memo[self.memo_index()])
+        self.reference(self.stack[-1])
+    dispatch[pickle.GET[0]] = load_get
+
+    def load_put(self) -> None:
+        self.memo[self.memo_index()] = self.stack[-1]
+    dispatch[pickle.PUT[0]] = load_put
+
+    def memo_index(self) -> int:
+        index = int(self.number_line(10))
+        if not 0 <= index < 2**32:
+            raise _refuse(f"writes memo index {index} (from 0 to 2**32 - 1)")
+        return index
 
     def load_long4(self) -> None:
         size, = struct.unpack("<i", self.read(4))
@@ -653,7 +670,7 @@ def _never(what: str) -> Callable[[_Engine], None]:
     return load
 
 
-for _opcode in (pickle.GET, pickle.BINGET, pickle.LONG_BINGET):
+for _opcode in (pickle.BINGET, pickle.LONG_BINGET):
     _Engine.dispatch[_opcode[0]] = _memo_read(pickle._Unpickler.dispatch[_opcode[0]])
 for _opcode, _held in ((pickle.PERSID, "a persistent id"), (pickle.BINPERSID, "a persistent id"),
                        (pickle.EXT1, "an extension code"), (pickle.EXT2, "an extension code"),

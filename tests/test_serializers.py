@@ -257,6 +257,7 @@ BOMB_RULES = {
     "a bytearray of 2**40 bytes announced": "longer than the pickle",
     "an int of 1 MB": "an int of 1048576 bytes",
     "a text int of 100,000 digits": "a number of 100000 characters",
+    "memo indexes of one hash (protocol 0)": "writes a number of 19 characters",
     "bytes(10**12)": "calls builtins.bytes with other arguments",
     "_codecs.encode with another codec": "other arguments than",
     "deque of a str": "a str object to iterate",
