@@ -775,7 +775,8 @@ def _int(func: Any, value: Any, what: str = "an int") -> None:
 
 
 def _digits_text(func: Any, text: str, what: str) -> None:
-    digits = sum(char.isdigit() for char in text)
+    """``text``: ASCII digits, at most one '.'; at most MAX_DIGITS of them."""
+    digits = len(text) - text.count(".")
     if digits > MAX_DIGITS:
         raise _bad(func, f"{what} of {digits} digits (at most {MAX_DIGITS})")
 
