@@ -51,6 +51,7 @@ import pickle
 import re
 import struct
 import sys
+import zlib
 from collections import ChainMap, Counter, OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
@@ -61,13 +62,12 @@ from types import BuiltinMethodType
 from typing import Any
 from uuid import UUID, SafeUUID
 
+from rqplus.defaults import MAX_PAYLOAD_BYTES
 from rqplus.exceptions import UnsafePickleError
 
-#: Environment variable giving the longest pickle a load accepts, in bytes.
+#: Environment variable giving the longest pickle a load accepts, in bytes; unset, the largest
+#: job rqplus.Queue enqueues (``RQPLUS_MAX_PAYLOAD_BYTES``, 1 MiB by default) is.
 MAX_PICKLE_BYTES_ENV = "RQPLUS_MAX_PICKLE_BYTES"
-#: Longest pickle a load accepts unless ``$RQPLUS_MAX_PICKLE_BYTES`` says otherwise: 4 MiB, four
-#: times the largest job rqplus.Queue enqueues (``RQPLUS_MAX_PAYLOAD_BYTES``), for meta and results.
-DEFAULT_MAX_PICKLE_BYTES = 4 * 1024 * 1024
 #: Deepest nesting of containers and objects in a result.
 MAX_DEPTH = 100
 #: Size units a result may grow by beyond its pickle's own length: each reference to an object
@@ -108,12 +108,31 @@ _NEW_OBJECTS = frozenset({object.__new__, dict.__new__, list.__new__, set.__new_
 
 
 def max_pickle_bytes() -> int:
-    """The longest pickle a load accepts: ``$RQPLUS_MAX_PICKLE_BYTES``, else 4 MiB; never less than
-    :data:`FAST_PATH_BYTES`.
+    """The longest pickle a load accepts: ``$RQPLUS_MAX_PICKLE_BYTES``, else
+    ``$RQPLUS_MAX_PAYLOAD_BYTES`` (a worker reads what a producer may enqueue), else 1 MiB; never
+    less than :data:`FAST_PATH_BYTES`.
 
-    Usage: ``max_pickle_bytes() == 4 * 1024 * 1024``
+    Usage: ``max_pickle_bytes() == 1024 * 1024``
     """
-    return max(int(os.environ.get(MAX_PICKLE_BYTES_ENV, DEFAULT_MAX_PICKLE_BYTES)), FAST_PATH_BYTES)
+    configured = os.environ.get(MAX_PICKLE_BYTES_ENV) or os.environ.get("RQPLUS_MAX_PAYLOAD_BYTES", MAX_PAYLOAD_BYTES)
+    return max(int(configured), FAST_PATH_BYTES)
+
+
+def inflated(stored: bytes) -> bytes:
+    """A job's data field as RQ reads it (zlib-decompressed, else as stored), but never more than
+    :func:`max_pickle_bytes` + 1 bytes: a forged field of 1 MB may inflate to gigabytes, and the
+    load refuses anything over the limit anyway.
+
+    Usage: ``inflated(redis.hget(job.key, "data"))``
+    """
+    inflater = zlib.decompressobj()
+    try:
+        data = inflater.decompress(stored, max_pickle_bytes() + 1)
+    except zlib.error:
+        return stored
+    if inflater.eof or inflater.unconsumed_tail:
+        return data  # complete (trailing bytes ignored, as zlib.decompress does), or over the limit
+    return stored  # a truncated stream, which zlib.decompress refuses: RQ then reads the field as stored
 
 
 def python_name(module: str, name: str) -> tuple[str, str]:
@@ -143,8 +162,7 @@ def loads(data: bytes, find_class: Callable[[str, str], Any]) -> Any:
     """
     data = bytes(data)
     if len(data) > FAST_PATH_BYTES and len(data) > (limit := max_pickle_bytes()):
-        raise UnsafePickleError(f"the pickle is {len(data)} bytes, over the {limit} byte limit "
-                                f"({MAX_PICKLE_BYTES_ENV})")
+        raise _refuse(f"is over the {limit} byte limit ({len(data)} bytes read; {MAX_PICKLE_BYTES_ENV})")
     if plain_pickle(data):
         try:
             return pickle.loads(data)
@@ -241,8 +259,13 @@ def _units(obj: Any) -> int:
     return 1 + (len(obj) >> 4) if kind is str or kind is bytes else 1
 
 
-_Measure = tuple  # (size, depth, named, the object itself: kept alive so that its id stays its own)
-_LEAF = (1, 0, False, None)
+_NAMED, _FRESH, _WALK = 1, 2, 4
+_DEPTH, _DEPTHS = 3, 127  # the depth's shift and mask (MAX_DEPTH fits)
+_SIZE = 10
+
+
+def _pack(size: int, depth: int, named: bool, fresh: bool, walk: bool) -> int:
+    return size << _SIZE | depth << _DEPTH | walk << 2 | fresh << 1 | named
 
 
 class _Engine(pickle._Unpickler):
@@ -259,11 +282,12 @@ class _Engine(pickle._Unpickler):
         self.encoding, self.errors, self.fix_imports, self.proto = "ASCII", "strict", True, 0
         self._find = find_class
         self.budget = EXPANSION_BASE + EXPANSION_PER_BYTE * len(data)
-        self.measures: dict[int, _Measure] = {}  # id -> measure of what this load built or named
-        self.fresh: set[int] = set()    # ids of objects this load made new: the only ones it may fill
+        # id -> measure (see _pack) of each object this load built, named or got from a constructor;
+        # each such object is kept in ``alive`` until the load ends, so that its id stays its own
+        self.measures: dict[int, int] = {}
+        self.alive: list[Any] = []
         self.named: set[int] = set()    # ids of globals found by name: what may be called
         self.shared: set[int] = set()   # ids of fresh objects referenced again (memo, DUP)
-        self.walkable: set[int] = set()  # ids of immutable containers this load built
         self.hashes: dict[int, dict[int, int]] = {}  # id of a dict or set -> hash -> keys of that hash
         self.filled_shared = False  # an object was filled after a second reference to it was taken
 
@@ -288,16 +312,18 @@ class _Engine(pickle._Unpickler):
     dispatch[pickle.FRAME[0]] = load_frame
 
     # -- bookkeeping ---------------------------------------------------------------------------
+    # A measure packs, in one int: the object's size (units: objects, and 16 bytes of text),
+    # its depth, whether it is or holds a function found by name (not data), whether this load made
+    # it new (the only objects it may fill) and whether it holds others (what _walk descends into).
 
-    def measure(self, obj: Any) -> _Measure:
+    def measure(self, obj: Any) -> tuple[int, int, bool]:
         """``obj``'s size, depth and whether it is (or holds) a function found by name."""
         found = self.measures.get(id(obj))
-        return found if found is not None else (_units(obj), 0, False, None)
+        return (_units(obj), 0, False) if found is None else (found >> _SIZE, found >> _DEPTH & _DEPTHS, bool(found & _NAMED))
 
     def measure_all(self, items: Iterable[Any]) -> tuple[int, int, bool]:
         """The summed size, the deepest depth and whether any of ``items`` is or holds a function found by name."""
-        size = depth = 0
-        named = False
+        size = depth = named = 0
         measures = self.measures
         for item in items:
             found = measures.get(id(item))
@@ -305,19 +331,24 @@ class _Engine(pickle._Unpickler):
                 kind = type(item)
                 size += 1 + (len(item) >> 4) if kind is str or kind is bytes else 1
             else:
-                size += found[0]
-                if found[1] > depth:
-                    depth = found[1]
-                named = named or found[2]
-        return size, depth, named
+                size += found >> _SIZE
+                depth = max(depth, found >> _DEPTH & _DEPTHS)
+                named |= found
+        return size, depth, bool(named & _NAMED)
 
-    def record(self, obj: Any, size: int, depth: int, named: bool = False, fresh: bool = False) -> Any:
+    def record(self, obj: Any, size: int, depth: int, named: bool = False, fresh: bool = False,
+               walk: bool = False) -> Any:
         if depth > MAX_DEPTH:
             raise _refuse(f"nests deeper than {MAX_DEPTH} levels")
-        self.measures[id(obj)] = (size, depth, named, obj)
-        if fresh:
-            self.fresh.add(id(obj))
+        key = id(obj)
+        if key not in self.measures:
+            self.alive.append(obj)
+        self.measures[key] = _pack(size, depth, named, fresh, walk or fresh)
         return obj
+
+    def is_fresh(self, obj: Any) -> bool:
+        """True when this load made ``obj`` new: it may fill it."""
+        return bool(self.measures.get(id(obj), 0) & _FRESH)
 
     def as_data(self, named: bool, where: str) -> None:
         if named:
@@ -327,20 +358,17 @@ class _Engine(pickle._Unpickler):
         size, depth, named = self.measure_all(items)
         if not isinstance(obj, tuple):
             self.as_data(named, f"in a {type(obj).__name__}")
-        else:
-            self.walkable.add(id(obj))
-        return self.record(obj, size + 1, depth + 1, named, fresh)
+        return self.record(obj, size + 1, depth + 1, named, fresh, walk=True)
 
     def reference(self, obj: Any) -> None:
         """A second reference to ``obj`` (memo read, DUP): its whole size counts again."""
-        key = id(obj)
-        found = self.measures.get(key)
-        self.budget -= _units(obj) if found is None else found[0]
+        found = self.measures.get(id(obj))
+        self.budget -= _units(obj) if found is None else found >> _SIZE
         if self.budget < 0:
             raise _refuse(f"refers to objects it already built so often that its result would exceed "
                           f"{EXPANSION_BASE} + {EXPANSION_PER_BYTE} x {self._length} size units")
-        if key in self.fresh:
-            self.shared.add(key)
+        if found is not None and found & _FRESH:
+            self.shared.add(id(obj))
 
     def check_keys(self, owner: int | None, keys: Iterable[Any]) -> None:
         """Refuse more than :data:`MAX_EQUAL_HASHES` keys of one hash in the dict or set ``owner``
@@ -363,7 +391,8 @@ class _Engine(pickle._Unpickler):
     def fill(self, target: Any, items: list[Any], keys: list[Any], opcode: str) -> None:
         """Check that ``opcode`` may put ``items`` (``keys`` among them) into ``target``, and account for them."""
         key = id(target)
-        if key not in self.fresh:
+        old = self.measures.get(key, 0)
+        if not old & _FRESH:
             raise _refuse(f"applies {opcode} to a {_what(target)} that this load did not create")
         size, depth, named = self.measure_all(items)
         if named:
@@ -372,13 +401,11 @@ class _Engine(pickle._Unpickler):
             self.check_keys(key, keys)
         if key in self.shared:
             self.filling_shared(target, opcode)
-        old = self.measures[key]
-        if depth >= old[1]:
+        if depth >= old >> _DEPTH & _DEPTHS:
             if depth >= MAX_DEPTH:
                 raise _refuse(f"nests deeper than {MAX_DEPTH} levels")
-            self.measures[key] = (old[0] + size, depth + 1, old[2], target)
-        else:
-            self.measures[key] = (old[0] + size, old[1], old[2], target)
+            old = old & ~(_DEPTHS << _DEPTH) | (depth + 1) << _DEPTH
+        self.measures[key] = old + (size << _SIZE)
 
     def filling_shared(self, target: Any, opcode: str) -> None:
         # filling an object after a second reference to it was taken: only cycles do that. Its
@@ -494,7 +521,7 @@ class _Engine(pickle._Unpickler):
     def load_build(self) -> None:
         state = self.stack.pop()
         target = self.stack[-1]
-        if id(target) not in self.fresh:
+        if not self.is_fresh(target):
             raise _refuse(f"applies BUILD to a {_what(target)} that this load did not create")
         states = state if isinstance(state, tuple) and len(state) == 2 else (state,)
         for part in states:
@@ -657,6 +684,10 @@ class _Engine(pickle._Unpickler):
     dispatch[pickle.STOP[0]] = load_stop
 
 
+def _unknown(engine: _Engine) -> None:
+    raise pickle.UnpicklingError("not a pickle: an unknown opcode")
+
+
 def _memo_read(read: Callable[[pickle._Unpickler], None]) -> Callable[[_Engine], None]:
     def load(engine: _Engine) -> None:
         read(engine)
@@ -670,6 +701,8 @@ def _never(what: str) -> Callable[[_Engine], None]:
     return load
 
 
+for _code in set(range(256)) - set(_Engine.dispatch):
+    _Engine.dispatch[_code] = _unknown
 for _opcode in (pickle.BINGET, pickle.LONG_BINGET):
     _Engine.dispatch[_opcode[0]] = _memo_read(pickle._Unpickler.dispatch[_opcode[0]])
 for _opcode, _held in ((pickle.PERSID, "a persistent id"), (pickle.BINPERSID, "a persistent id"),
@@ -714,7 +747,7 @@ def _walk(engine: _Engine, root: Any) -> None:
     and depth are within bounds: after an object was filled once shared, the sizes kept while
     loading no longer tell."""
     limit = engine.budget + engine._length + EXPANSION_BASE
-    inside = engine.fresh | engine.walkable
+    inside = {key for key, found in engine.measures.items() if found & _WALK}
     done: dict[int, tuple[int, int]] = {}
     on_path = {id(root)}
     frames = [[root, iter(_children(root)), 1, 0]]  # object, its children, size and depth so far
@@ -876,7 +909,7 @@ def _check_defaultdict(engine: _Engine, func: Any, args: tuple, kwargs: dict) ->
 def _check_chainmap(engine: _Engine, func: Any, args: tuple, kwargs: dict) -> None:
     _no_kwargs(func, kwargs)
     for value in args:
-        if not isinstance(value, dict) or id(value) not in engine.fresh:
+        if not isinstance(value, dict) or not engine.is_fresh(value):
             raise _bad(func, f"a {_what(value)} where a dict of this pickle is expected")
 
 

@@ -126,9 +126,9 @@ BOMBS = {
     "hashing a memo-shared tuple (no global)": pickle.PROTO + b"\x04" + pickle.EMPTY_SET + pickle.MARK + dag(60)
     + pickle.ADDITEMS + pickle.STOP,
     "a memo-shared tuple (no global)": pickle.PROTO + b"\x04" + dag(60) + pickle.STOP,
-    "a list in a tuple 100,000 times, then filled with 1 MB": pickle.PROTO + b"\x04" + pickle.EMPTY_LIST
+    "a list in a tuple 100,000 times, then filled with 512 KB": pickle.PROTO + b"\x04" + pickle.EMPTY_LIST
     + pickle.MEMOIZE + pickle.MARK + pickle.BINGET + b"\x00" + pickle.DUP * 99_999 + pickle.TUPLE
-    + pickle.BINGET + b"\x00" + text("x" * 2**20) + pickle.APPEND + pickle.POP + pickle.STOP,
+    + pickle.BINGET + b"\x00" + text("x" * 2**19) + pickle.APPEND + pickle.POP + pickle.STOP,
     "a list 90 deep, then filled with lists 90 deep": pickle.PROTO + b"\x04" + pickle.EMPTY_LIST + pickle.MEMOIZE
     + pickle.POP + pickle.EMPTY_LIST * 90 + pickle.BINGET + b"\x00" + pickle.APPEND * 90
     + pickle.BINGET + b"\x00" + nested(90) + pickle.APPEND + pickle.POP + pickle.STOP,
@@ -138,7 +138,7 @@ BOMBS = {
     "lists nested 100,000 deep": pickle.PROTO + b"\x04" + nested(100_000) + pickle.STOP,
     "a bytearray of 2**40 bytes announced": pickle.PROTO + b"\x05" + pickle.BYTEARRAY8 + (2**40).to_bytes(8, "little")
     + pickle.STOP,
-    "an int of 1 MB": pickle.PROTO + b"\x04" + pickle.LONG4 + (2**20).to_bytes(4, "little") + b"\x01" * 2**20
+    "an int of 100 KB": pickle.PROTO + b"\x04" + pickle.LONG4 + (100_000).to_bytes(4, "little") + b"\x01" * 100_000
     + pickle.STOP,
     "a text int of 100,000 digits": b"I" + b"9" * 100_000 + b"\n.",
     "memo indexes of one hash (protocol 0)": b"N" + b"".join(b"p%d\n" % (n * (2**61 - 1)) for n in range(1, 5000)) + b".",
@@ -176,7 +176,11 @@ def job_data(function: str, instance: bytes = pickle.NONE, args: bytes = pickle.
                          + pickle.EMPTY_DICT + pickle.TUPLE + pickle.STOP)
 
 
-#: Forged job data: the mutation hidden in the arguments, or building the instance a method runs on.
+#: A job's data field that inflates 64 MB of pickle from 64 KB of zlib.
+INFLATING_DATA = zlib.compress(pickle.PROTO + b"\x04" + pickle.NONE * 2**26, 9)
+
+#: Forged job data: the mutation hidden in the arguments, or building the instance a method runs on;
+#: and a data field that inflates beyond any pickle a worker loads.
 FORGED_DATA = {
     "args: BUILD on an allowed class": job_data("tests.jobs.record", args=pickle.MARK + set_attribute(TARGET, "mode")
                                                 + pickle.TUPLE),
@@ -187,6 +191,7 @@ FORGED_DATA = {
     "instance: __setstate__ of a singleton": job_data("bound", instance=build(call(SINGLETON), attributes(mode=PWNED))),
     "instance: APPENDS to a shared list": job_data("append", instance=call(name("tests.jobs", "Journal")) + pickle.MARK
                                                    + text(PWNED) + pickle.APPENDS),
+    "64 MB of pickle in 64 KB of zlib": INFLATING_DATA,
 }
 
 

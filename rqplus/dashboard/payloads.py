@@ -27,6 +27,7 @@ from typing import Any
 from redis import Redis
 from rq.job import Job
 
+from rqplus.job import BoundedData
 from rqplus.serializers import SafeSerializer
 
 #: Environment variable listing the key fragments whose values are masked (comma-separated).
@@ -35,7 +36,7 @@ DEFAULT_MASK_KEYS = ("password", "token", "secret", "card", "cvv", "iban")
 MASK = "***"
 
 
-class DashboardJob(Job):
+class DashboardJob(BoundedData, Job):
     """An RQ ``Job`` whose payloads (meta, arguments, results) always load through :class:`SafeSerializer`.
 
     Usage: ``DashboardJob.fetch(job_id, connection=redis).meta``
