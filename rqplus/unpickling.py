@@ -36,7 +36,8 @@ would refuse (see :func:`plain_pickle`).
 Usage::
 
     from rqplus.unpickling import loads
-    loads(pickle.dumps({"a": [1, 2]}), find_class=lambda module, name: refuse(module, name))
+    from rqplus.serializers import job_class
+    loads(pickle.dumps({"a": [1, 2]}), find_class=job_class)  # classes of allowed modules too
 """
 
 from __future__ import annotations
@@ -144,21 +145,13 @@ def python_name(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
-def safe_global(module: str, name: str) -> Any:
-    """The object of :data:`SAFE_GLOBALS` named ``module.name``; None when it is not one of them.
-
-    Usage: ``safe_global("decimal", "Decimal") is Decimal``
-    """
-    return _SAFE_OBJECTS.get(python_name(module, name))
-
-
 def loads(data: bytes, find_class: Callable[[str, str], Any]) -> Any:
     """The object ``data`` pickles, built under the rules of this module; ``UnsafePickleError``
     when it breaks one. ``find_class(module, name)`` gives the class a global names (Python 3
     names, see :func:`python_name`) or raises ``UnsafePickleError``; it is called only for
     names outside :data:`SAFE_GLOBALS`.
 
-    Usage: ``loads(pickle.dumps([1, 2]), find_class=refuse_all) == [1, 2]``
+    Usage: ``loads(pickle.dumps([1, 2]), find_class=rqplus.serializers.job_class) == [1, 2]``
     """
     data = bytes(data)
     if len(data) > FAST_PATH_BYTES and len(data) > (limit := max_pickle_bytes()):
@@ -219,6 +212,8 @@ def plain_pickle(data: bytes) -> bool:
         if kind == _NO_ARG:
             continue
         if kind == _PREFIXED + 1:
+            if position == end:
+                return False
             position += 1 + data[position]
         elif kind > _PREFIXED:
             width = kind - _PREFIXED

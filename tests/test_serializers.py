@@ -327,6 +327,14 @@ def test_generated_pickles_under_200_bytes_load_in_under_50_ms_or_are_refused(pi
     assert pickles.fingerprint() == before
 
 
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(st.binary(max_size=199))
+def test_any_bytes_under_200_are_read_or_refused_in_under_50_ms(data):
+    assert plain_pickle(data) in (True, False)
+    for reader in READERS:
+        assert cpu_seconds(reader.loads, data) < 0.05
+
+
 # --- the fast path builds what the engine builds --------------------------------------------
 
 plain_values = st.recursive(
@@ -357,6 +365,7 @@ def test_only_small_pickles_of_plain_values_without_memo_reads_take_the_fast_pat
     assert not plain_pickle(pickle.dumps([1], protocol=0))                         # protocol 0's text opcodes
     assert not plain_pickle(pickle.dumps([[] for _ in range(MAX_DEPTH)]))          # more containers than levels
     assert not plain_pickle(pickle.dumps({"priority": 5})[:-1])                    # no STOP
+    assert not plain_pickle(pickle.PROTO + b"\x04" + pickle.SHORT_BINUNICODE)     # no length after its opcode
     assert not plain_pickle(pickles.BOMBS["hashing a memo-shared tuple (no global)"])
 
 
