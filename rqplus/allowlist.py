@@ -151,7 +151,8 @@ def judge(obj: Any, dotted: str, modules: tuple[str, ...]) -> Callable[..., Any]
 
 def refusal(job: Job, modules: tuple[str, ...] | None = None) -> str | None:
     """Why ``job`` must not run (the failure text, starting with the error's name), or None when its
-    function and callbacks resolve to objects defined in allowed modules.
+    function and callbacks resolve to objects defined in allowed modules (and, for an
+    :class:`rqplus.job.Job`, its meta is not a pickle the safe unpickler refused).
 
     Usage: ``refusal(job)  # -> "ForbiddenJobError: function os.system is not in an allowed module ..."``
     """
@@ -160,6 +161,9 @@ def refusal(job: Job, modules: tuple[str, ...] | None = None) -> str | None:
         func_name, instance = job.func_name, job.instance
     except DeserializationError as error:
         return f"DeserializationError: the job's data cannot be read with {job.serializer!r}: {error.__cause__ or error}"
+    meta_refusal = getattr(job, "meta_refusal", None)
+    if meta_refusal is not None and (reason := meta_refusal()) is not None:
+        return reason
     try:
         resolve_job_function(func_name, instance, modules)
         for callback in callback_names(job):

@@ -64,6 +64,7 @@ from rq.utils import as_text
 from rqplus.exceptions import RequeueBusyError, UnknownQueueError
 from rqplus.queue import Queue
 from rqplus.serializers import RestrictedPickleSerializer, SafeSerializer, serializer_for, withheld_in
+from rqplus.unpickling import inflated
 
 #: Each run's hash is ``RUN_KEY_PREFIX + run id``; its owner's heartbeat key adds ``:owner``.
 RUN_KEY_PREFIX = "rqplus:requeue:"
@@ -662,9 +663,4 @@ def _format_of(connection: Redis, job_id: str, meta: bytes | None) -> type | Non
 
 
 def _decompressed(data: bytes | None) -> bytes | None:
-    if not data:
-        return None
-    try:
-        return zlib.decompress(data)
-    except zlib.error:  # stored uncompressed, as RQ reads it too
-        return data
+    return inflated(data) if data else None  # as RQ reads it (stored uncompressed: as is), bounded

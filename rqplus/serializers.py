@@ -7,13 +7,15 @@ builds only plain data, a fixed list of harmless standard classes (:data:`SAFE_G
 defined in allowed job modules (``RQPLUS_JOB_MODULES``, resolved as :mod:`rqplus.allowlist`
 resolves job functions) and the classes named in ``RQPLUS_PICKLE_CLASSES``. Any other class or
 function named in a pickle is refused before it is imported or called: the job fails with
-:class:`rqplus.exceptions.UnsafePickleError`. It writes pickles exactly as RQ does, so producers
-keep RQ's default serializer and existing jobs keep working.
+:class:`rqplus.exceptions.UnsafePickleError`. Every load goes through :mod:`rqplus.unpickling`,
+which also keeps a pickle from changing any class or object that existed before it, and bounds
+what it costs. It writes pickles exactly as RQ does, so producers keep RQ's default serializer and
+existing jobs keep working.
 
 Readers that must look at any job without failing on it (the dashboard, the bulk requeue's
 checks) use :class:`SafeSerializer` instead: it reads JSON and pickles alike, and turns every
 class or function a pickle names outside :data:`SAFE_GLOBALS` into a :class:`Withheld`
-placeholder, never importing it.
+placeholder, never importing it; the same engine, the same rules.
 
 Usage::
 
@@ -23,8 +25,7 @@ Usage::
 
 from __future__ import annotations
 
-import _compat_pickle
-import io
+import importlib
 import json
 import os
 import pickle
@@ -34,71 +35,30 @@ from rq.serializers import DefaultSerializer, JSONSerializer, resolve_serializer
 
 from rqplus.allowlist import allowed_modules, in_allowed_module, resolve_class
 from rqplus.exceptions import ForbiddenJobError, UnsafePickleError
+from rqplus.unpickling import SAFE_GLOBALS, loads  # noqa: F401 -- SAFE_GLOBALS: documented here too
 
 #: Environment variable naming further classes (``module.Class``, comma-separated) a worker may unpickle.
 PICKLE_CLASSES_ENV = "RQPLUS_PICKLE_CLASSES"
 
-#: Standard classes whose construction from pickled arguments runs nothing but plain-data code, and
-#: builds nothing much larger than the pickle: not ``range`` (``list(range(10**12))``), ``bytes`` or
-#: ``bytearray`` (``bytes(10**12)``), which RQ's protocol-5 pickles never name anyway.
-SAFE_GLOBALS = frozenset({
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"), ("builtins", "slice"),
-    ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"), ("builtins", "int"), ("builtins", "float"),
-    ("builtins", "str"), ("builtins", "bool"), ("collections", "OrderedDict"), ("collections", "deque"), ("collections", "Counter"),
-    ("collections", "defaultdict"), ("collections", "ChainMap"),
-    ("datetime", "date"), ("datetime", "time"), ("datetime", "datetime"), ("datetime", "timedelta"),
-    ("datetime", "timezone"), ("decimal", "Decimal"), ("fractions", "Fraction"), ("uuid", "UUID"),
-    ("uuid", "SafeUUID"), ("_codecs", "encode"),  # protocol 2 writes bytes as _codecs.encode(text, "latin1")
-})
 
+def job_class(module: str, name: str) -> Any:
+    """The class a worker builds for a pickle naming ``module.name`` (beyond :data:`SAFE_GLOBALS`):
+    one listed in ``$RQPLUS_PICKLE_CLASSES``, or one defined in an allowed module (found without
+    stepping through any other module); else ``UnsafePickleError``, with nothing imported.
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that builds :data:`SAFE_GLOBALS` and hands every other global to :meth:`refused`.
-
-    Subclasses decide what a refused global becomes (the worker raises; the dashboard shows a placeholder).
+    Usage: ``job_class("tasks.payments", "Settings")``
     """
-
-    # The one door through which a pickle reaches code (GLOBAL, STACK_GLOBAL, INST and OBJ all
-    # come here): what it returns is what REDUCE, NEWOBJ and BUILD may call.
-    def find_class(self, module: str, name: str) -> Any:
-        # protocols 0-2 may name Python 2 modules (__builtin__.set); judged by their Python 3 names
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        if (module, name) in SAFE_GLOBALS:
-            return super().find_class(module, name)
-        return self.refused(module, name)
-
-    def refused(self, module: str, name: str) -> Any:
-        """What a global outside :data:`SAFE_GLOBALS` becomes; raises ``UnsafePickleError`` here.
-
-        Usage: override in a subclass to build a placeholder instead
-        """
-        raise UnsafePickleError(f"the pickle names {module}.{name}, which is not loaded: only plain data, "
-                                f"standard data classes and classes of allowed modules are")
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError("the pickle holds a persistent id, which is never loaded")
-
-
-class _JobUnpickler(RestrictedUnpickler):
-    # Classes defined in allowed job modules (found without stepping through any other module)
-    # and the classes the operator listed are built; anything else is refused.
-    def __init__(self, file: io.BytesIO, modules: tuple[str, ...], extra: frozenset[tuple[str, str]]) -> None:
-        super().__init__(file)
-        self.modules, self.extra = modules, extra
-
-    def refused(self, module: str, name: str) -> Any:
-        if (module, name) in self.extra:
-            return super(RestrictedUnpickler, self).find_class(module, name)
-        if in_allowed_module(module, self.modules):
-            try:
-                return resolve_class(module, name, self.modules)
-            except (ForbiddenJobError, ImportError) as error:
-                raise UnsafePickleError(f"the pickle names {module}.{name}: {error}") from None
-        raise UnsafePickleError(f"the pickle names {module}.{name}, which is not loaded: only plain data, "
-                                f"standard data classes and classes defined in allowed modules "
-                                f"({', '.join(self.modules) or 'none'}) are; list further classes in "
-                                f"{PICKLE_CLASSES_ENV}")
+    modules = allowed_modules()
+    if (module, name) in extra_classes():
+        return getattr(importlib.import_module(module), name)
+    if in_allowed_module(module, modules):
+        try:
+            return resolve_class(module, name, modules)
+        except (ForbiddenJobError, ImportError) as error:
+            raise UnsafePickleError(f"the pickle names {module}.{name}: {error}") from None
+    raise UnsafePickleError(f"the pickle names {module}.{name}, which is not loaded: only plain data, "
+                            f"standard data classes and classes defined in allowed modules "
+                            f"({', '.join(modules) or 'none'}) are; list further classes in {PICKLE_CLASSES_ENV}")
 
 
 def extra_classes() -> frozenset[tuple[str, str]]:
@@ -122,7 +82,7 @@ class SafePickleSerializer(DefaultSerializer):
 
         Usage: ``SafePickleSerializer.loads(pickle.dumps([1, 2]))``
         """
-        return _JobUnpickler(io.BytesIO(data), allowed_modules(), extra_classes()).load()
+        return loads(data, job_class)
 
 
 def worker_serializer(serializer: Any = None) -> Any:
@@ -154,9 +114,6 @@ class Withheld(metaclass=_WithheldType):
 
     origin = "?"
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Withheld:
-        return object.__new__(cls)
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
@@ -175,11 +132,12 @@ class Withheld(metaclass=_WithheldType):
         return f"<not loaded: {self.origin}>"
 
 
-class _PlaceholderUnpickler(RestrictedUnpickler):
-    # Plain-data constructors pass; anything else gets a placeholder class named after it, so a
-    # page (or a bulk requeue's check) still sees the rest of the payload.
-    def refused(self, module: str, name: str) -> Any:
-        return _WithheldType(name, (Withheld,), {"origin": f"{module}.{name}"})
+def placeholder(module: str, name: str) -> type:
+    """A :class:`Withheld` class standing in for ``module.name``, which is not imported.
+
+    Usage: ``placeholder("pathlib", "PosixPath")  # <not loaded: pathlib.PosixPath>``
+    """
+    return _WithheldType(name, (Withheld,), {"origin": f"{module}.{name}", "__module__": module, "__qualname__": name})
 
 
 class RestrictedPickleSerializer:
@@ -202,7 +160,7 @@ class RestrictedPickleSerializer:
 
         Usage: ``RestrictedPickleSerializer.loads(job_hash[b"meta"])``
         """
-        return _PlaceholderUnpickler(io.BytesIO(data)).load()
+        return loads(data, placeholder)
 
 
 def _is_json(data: bytes) -> bool:

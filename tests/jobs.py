@@ -6,8 +6,10 @@ read the order in which jobs really started.
 
 from __future__ import annotations
 
+import enum
 import os  # a module global, as real task modules have: forged names walk through it (tests.jobs.os.system)
 import time
+from dataclasses import dataclass
 from os import getpid as reexported  # noqa: F401 -- defined in posix: a job naming tests.jobs.reexported is refused
 
 from rq import Retry, get_current_job
@@ -194,3 +196,95 @@ def fail_first_run(tag: str) -> str:
 def on_success(job, connection, result, *args, **kwargs) -> None:
     """A success callback: note the job's id and result in ``test:callbacks``."""
     connection.rpush("test:callbacks", f"{job.id}={result}")
+
+
+class Target:
+    """What forged pickles (tests/pickles.py) try to change: a class attribute of an allowed module."""
+
+    mode = "original"
+
+
+class Singleton:
+    """A class whose constructor returns its one instance, which takes state through ``__setstate__``:
+    an object that exists before a load."""
+
+    _instance: Singleton | None = None
+
+    def __new__(cls) -> Singleton:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+class Registry(dict):
+    """A dict whose constructor returns one shared instance: an object that exists before a load."""
+
+    _instance: Registry | None = None
+
+    def __new__(cls, *args: object) -> Registry:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+            cls._instance["mode"] = "original"
+        return cls._instance
+
+    def __init__(self, *args: object) -> None:
+        pass
+
+
+class Journal(list):
+    """A list whose constructor returns one shared instance, as ``Registry``."""
+
+    _instance: Journal | None = None
+
+    def __new__(cls, *args: object) -> Journal:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+            cls._instance.append("original")
+        return cls._instance
+
+    def __init__(self, *args: object) -> None:
+        pass
+
+
+def fingerprint() -> dict:
+    """Record (in ``test:fingerprints``) and return what forged pickles aim at, as this worker sees it."""
+    import json
+
+    from tests.pickles import fingerprint as seen
+
+    found = seen()
+    _connection(get_current_job()).rpush("test:fingerprints", json.dumps(found))
+    return found
+
+
+@dataclass
+class Plain:
+    """A dataclass of an allowed module, as jobs carry them."""
+
+    amount: int
+    tags: list
+
+
+@dataclass(slots=True)
+class Slotted:
+    """A dataclass with slots (no __dict__): its state is set attribute by attribute."""
+
+    amount: int
+    note: str = "x"
+
+
+@dataclass(frozen=True, slots=True)
+class FrozenSlotted:
+    """A frozen dataclass with slots: its state goes through the __setstate__ dataclasses add."""
+
+    amount: int
+
+
+class Colour(enum.Enum):
+    """An Enum of an allowed module: a pickle names a member by its value."""
+
+    RED = 1
+    GREEN = "g"

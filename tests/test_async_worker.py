@@ -7,6 +7,7 @@ import pytest
 from rqplus import AsyncWorker, Queue
 from tests.conftest import overlapped
 from tests.jobs import REDIS_URL_ENV, ran
+from tests.pickles import assert_forgeries_change_nothing
 
 
 @pytest.fixture(autouse=True)
@@ -46,3 +47,10 @@ def test_rq_worker_cli_runs_plain_and_coroutine_jobs_side_by_side(redis, redis_s
     assert [job.return_value() for job in coroutines + plain] == [f"a{n}" for n in range(4)] + [f"p{n}" for n in range(4)]
     assert failing.get_status(refresh=True) == "failed" and "failed on purpose" in failing.latest_result().exc_string
     assert sorted(ran(redis)) == sorted([f"a{n}" for n in range(4)] + [f"p{n}" for n in range(4)] + ["f"])
+
+
+def test_forged_pickles_change_nothing_in_the_worker_that_reads_them(redis, redis_server, processes):
+    """Issue 19 on an AsyncWorker process: see tests/pickles.py's assert_forgeries_change_nothing."""
+    processes.rq_worker(redis_server.url, "work", worker_class="rqplus.AsyncWorker", burst=False,
+                        env={"RQPLUS_CONCURRENCY": "4", REDIS_URL_ENV: redis_server.url})
+    assert_forgeries_change_nothing(redis)

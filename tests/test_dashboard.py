@@ -44,6 +44,7 @@ from rqplus.embedded import RedisServer
 from rqplus import requeue as runs
 from rqplus.recovery import mark_alive, worker_identity
 from tests.conftest import failed_in_bulk, wait_for
+from tests import pickles
 from tests.jobs import ran
 
 USER, PASSWORD = "admin", "correct horse battery staple"
@@ -556,6 +557,31 @@ def test_forged_pickles_are_never_unpickled(client: FlaskClient, redis: Redis, t
     answer = post(client, "/rq/job/forged/requeue")
     assert answer.status_code == 409 and "posix.system" in answer.json["message"]
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("title, meta, reason", [
+    ("BUILD on Counter", pickles.MUTATIONS["BUILD on Counter"], "applies BUILD to a class collections.Counter"),
+    ("BUILD on Fraction", pickles.MUTATIONS["BUILD on Fraction"], "applies BUILD to a class fractions.Fraction"),
+    ("int(Decimal('1e1000000'))", pickles.BOMBS["int(Decimal('1e1000000'))"], "decimal of exponent 1000000"),
+])
+def test_a_forged_meta_is_shown_with_its_reason_and_changes_nothing(client: FlaskClient, redis: Redis, title, meta,
+                                                                    reason) -> None:
+    """Issue 19: a meta that BUILDs on a class (the dashboard's process kept the change) or converts a
+    huge Decimal (26 s a view, job.json 500): each view answers at once, with why, and nothing changed."""
+    before = pickles.fingerprint()
+    job = Queue("q", connection=redis).enqueue("tests.jobs.record", "x")
+    fail(job)
+    redis.hset(job.key, "meta", meta)
+    assert client.get(f"/rq/0/view/job/{job.id}").status_code == 200
+    info = client.get(f"/rq/0/data/job/{job.id}.json")
+    assert info.status_code == 200
+    [(key, shown_meta)] = json.loads(info.json["metadata"]).items()
+    assert key == "unserialized" and shown_meta.startswith("<not loaded: UnsafePickleError: the pickle ")
+    assert reason in shown_meta and shown_meta.endswith("nothing of it was used>")
+    assert client.get("/rq/0/data/jobs/q/failed/8/asc/1.json").status_code == 200
+    answer = post(client, f"/rq/job/{job.id}/requeue")
+    assert answer.status_code == 409 and "meta that cannot be read" in answer.json["message"]
+    assert pickles.fingerprint() == before and redis.hget(job.key, "meta") == meta
 
 
 def test_safe_serializer_reads_plain_data_and_withholds_the_rest() -> None:

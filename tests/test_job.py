@@ -1,16 +1,23 @@
 """rqplus/job.py: a job's function and callbacks are the objects the allow-list judged, however the
-job class was given."""
+job class was given; its meta is loaded when first read, its data inflated no further than a load reads."""
 
 from __future__ import annotations
+
+import zlib
 
 import fakeredis
 import pytest
 from rq import Callback
 from rq.job import Job as RQJob
 
+from rqplus import Queue, priority_of
+from rqplus.allowlist import refusal
+from rqplus.dashboard.payloads import DashboardJob
 from rqplus.exceptions import ForbiddenJobError
 from rqplus.job import Job, judged_job_class
-from tests import jobs
+from rqplus.serializers import SafePickleSerializer
+from rqplus.unpickling import inflated, max_pickle_bytes
+from tests import jobs, pickles
 
 
 def fetch(job_class: type[RQJob], func: str, **options) -> RQJob:
@@ -77,3 +84,61 @@ def test_a_judged_job_equals_the_job_it_was_loaded_from():
     plain._id = judged.id
     assert judged == plain and plain == judged and judged != other and judged != judged.id
     assert len({judged, plain}) == 1
+
+
+class CountingSerializer(SafePickleSerializer):
+    """The worker's serializer, counting the meta pickles it loads."""
+
+    metas = 0
+
+    @classmethod
+    def loads(cls, data: bytes):
+        loaded = SafePickleSerializer.loads(data)
+        cls.metas += isinstance(loaded, dict)
+        return loaded
+
+
+def test_meta_is_loaded_when_first_read_and_saved_back_as_fetched_until_then(redis):
+    queue = Queue("q", connection=redis)
+    job = queue.enqueue("tests.jobs.record", "x", meta={"user": 7}, priority=2)
+    stored = redis.hget(job.key, "meta")
+    CountingSerializer.metas = 0
+    fetched = Job.fetch(job.id, connection=redis, serializer=CountingSerializer)
+    fetched.save()                                             # RQ encodes meta again here
+    assert CountingSerializer.metas == 0 and redis.hget(job.key, "meta") == stored
+    assert fetched.meta == {"user": 7, "priority": 2} and priority_of(fetched) == 2
+    assert CountingSerializer.metas == 1
+    fetched.meta["user"] = 8
+    fetched.save_meta()
+    assert Job.fetch(job.id, connection=redis).meta["user"] == 8
+    fetched.refresh()
+    assert fetched.meta == {"user": 8, "priority": 2} and CountingSerializer.metas == 2
+
+
+def test_a_meta_the_safe_unpickler_refuses_refuses_the_job_and_is_kept_as_stored(redis):
+    queue = Queue("q", connection=redis)
+    garbage, forged = queue.enqueue("tests.jobs.record", "x"), queue.enqueue("tests.jobs.record", "y")
+    redis.hset(garbage.key, "meta", b"not a pickle")
+    redis.hset(forged.key, "meta", pickles.MUTATIONS["BUILD on Counter"])
+    unreadable = Job.fetch(garbage.id, connection=redis, serializer=SafePickleSerializer)
+    assert unreadable.meta == {"unserialized": b"not a pickle"} and unreadable.meta_refusal() is None  # as RQ
+    refused = Job.fetch(forged.id, connection=redis, serializer=SafePickleSerializer)
+    assert refusal(refused).startswith("UnsafePickleError: the job's meta: the pickle applies BUILD to a class "
+                                       "collections.Counter")
+    refused.save()
+    assert redis.hget(forged.key, "meta") == pickles.MUTATIONS["BUILD on Counter"]
+
+
+def test_job_data_inflates_no_further_than_a_load_reads(redis, monkeypatch):
+    job = Queue("q", connection=redis).enqueue("tests.jobs.record", "x")
+    redis.hset(job.key, "data", pickles.INFLATING_DATA)   # 64 MB of pickle in 64 KB
+    fetched = Job.fetch(job.id, connection=redis, serializer=SafePickleSerializer)
+    assert len(fetched.data) == max_pickle_bytes() + 1 == 1024 * 1024 + 1
+    assert "over the 1048576 byte limit" in refusal(fetched)
+    monkeypatch.setenv("RQPLUS_MAX_PAYLOAD_BYTES", "2000000")  # a worker reads what a producer may enqueue
+    assert max_pickle_bytes() == 2_000_000
+    monkeypatch.setenv("RQPLUS_MAX_PICKLE_BYTES", "3000")
+    assert len(DashboardJob.fetch(job.id, connection=redis).data) == 3001
+    compressed = zlib.compress(b"abc")
+    assert [inflated(data) for data in (compressed + b"junk", compressed[:-3], b"abc")] == [b"abc", compressed[:-3],
+                                                                                          b"abc"]

@@ -24,6 +24,7 @@ from rqplus.cli import main
 from rqplus.pool import MAX_QUICK_EXITS, WorkerPool, descendants
 from tests.conftest import ROOT, Processes, doc_examples, overlapped, run_shell, wait_for
 from tests.jobs import ran
+from tests.pickles import assert_forgeries_change_nothing
 
 STARTED = re.compile(r"worker (\d+)/\d+ started, pid (\d+)")
 
@@ -223,3 +224,10 @@ def test_a_pool_of_thread_or_async_workers_runs_jobs_at_once(redis, redis_server
     assert f"-w rqplus.{worker_class} --queue-class rqplus.Queue" in out
     assert all(job.get_status(refresh=True) == "finished" for job in jobs)
     assert overlapped(jobs), "8 jobs of 1 s on 2 processes of 4: all at once"
+
+
+def test_forged_pickles_change_nothing_in_a_pool_worker(redis, redis_server, processes):
+    """Issue 19 on `rqplus worker --processes 1 --threads 4`: see tests/pickles.py's
+    assert_forgeries_change_nothing."""
+    rqplus_worker(processes, redis_server.url, "--processes", "1", "--threads", "4", "work")
+    assert_forgeries_change_nothing(redis)

@@ -20,6 +20,7 @@ from rqplus import AsyncWorker, Queue, ThreadWorker
 from rqplus.dashboard.metrics import workers
 from tests.conftest import overlapped, wait_for
 from tests.jobs import REDIS_URL_ENV, WAITING_KEY, ran
+from tests.pickles import assert_forgeries_change_nothing
 
 CLASSES = {"rqplus.ThreadWorker": "tests.jobs.slow_first_run", "rqplus.AsyncWorker": "tests.jobs.sleep_async_first_run"}
 
@@ -234,3 +235,11 @@ def test_running_jobs_heartbeats_keep_their_started_entries_alive(redis, redis_s
     out = processes.finish(proc, 30)
     assert proc.returncode == 0, out
     assert job.get_status(refresh=True) == "finished" and queue.started_job_registry.count == 0
+
+
+def test_forged_pickles_change_nothing_in_the_worker_that_reads_them(redis, redis_server, processes):
+    """Issue 19 on a ThreadWorker process (one process reads and runs every job): see
+    tests/pickles.py's assert_forgeries_change_nothing."""
+    processes.rq_worker(redis_server.url, "work", worker_class="rqplus.ThreadWorker", burst=False,
+                        env={"RQPLUS_CONCURRENCY": "4"})
+    assert_forgeries_change_nothing(redis)

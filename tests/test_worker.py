@@ -16,6 +16,7 @@ from rqplus import Queue, Worker
 from rqplus.scripts import WINDOW
 from tests.conftest import subprocess_env, wait_for
 from tests.jobs import RAN_KEY, WAITING_KEY, ran
+from tests.pickles import assert_forgeries_change_nothing
 
 JOB = "tests.jobs.record"
 
@@ -212,3 +213,11 @@ def test_a_stock_queue_class_or_queue_given_is_taken_as_an_rqplus_queue(redis):
     assert [(type(queue), queue.name) for queue in worker.queues] == [(Queue, "a"), (Custom, "b"), (Queue, "c")]
     assert worker._ordered_queues == worker.queues and worker.queues[0].job_class is worker.job_class
     assert Worker(["a"], connection=redis, queue_class=Custom).queue_class is Custom
+
+
+def test_forged_pickles_change_nothing_in_the_worker_that_reads_them(redis, redis_server, processes):
+    """Issue 19: forged meta, arguments and instances (BUILD, SETITEMS, APPENDS, __setstate__ on
+    classes and objects that exist before the load) fail with the reason, and a later job of the
+    same `rq worker -w rqplus.Worker` sees every class and object as they were."""
+    processes.rq_worker(redis_server.url, "work", burst=False)
+    assert_forgeries_change_nothing(redis)

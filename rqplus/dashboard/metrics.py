@@ -15,7 +15,6 @@ Usage::
 from __future__ import annotations
 
 import time
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,6 +33,7 @@ from rqplus.priority import LEVELS, validate_priority
 from rqplus.queue import Queue
 from rqplus.recovery import marker_key, read_identity
 from rqplus.requeue import function_name
+from rqplus.unpickling import inflated
 from rqplus.worker import Worker
 
 #: Ids read from a queue's RQ list for the per-priority counts. The list holds at most
@@ -258,14 +258,8 @@ def _stamp(raw: bytes | None) -> datetime | None:
 
 
 def _function(raw: bytes | None) -> str:
-    # a job's data field as RQ's Job.restore reads it: zlib-compressed (jobs of older RQ: as is)
-    if not raw:
-        return "?"
-    try:
-        raw = zlib.decompress(raw)
-    except zlib.error:
-        pass
-    return function_name(raw)
+    # a job's data field as RQ's Job.restore reads it (zlib-compressed; jobs of older RQ: as is), bounded
+    return function_name(inflated(raw)) if raw else "?"
 
 
 def scheduled_fires(connection: Redis, limit: int = SCHEDULE_LIMIT) -> list[tuple[DashboardJob, datetime]]:

@@ -196,7 +196,8 @@ def job_view(instance_number: int, job_id: str) -> Response:
 
 # rq-dashboard: raw description, meta, result and exception text, the job fetched by the stock
 # unpickler (HTTP 500 for an unknown id). Here: the same fields from one safe fetch, secrets
-# masked, objects the dashboard does not load shown as <not loaded: ...>; 404 for an unknown id.
+# masked, objects the dashboard does not load shown as <not loaded: ...> (a meta refused whole:
+# with the reason); 404 for an unknown id.
 def job_info(instance_number: int, job_id: str) -> Response:
     """One job's fields as rq-dashboard's job page reads them, masked.
 
@@ -212,7 +213,8 @@ def job_info(instance_number: int, job_id: str) -> Response:
         "result": shown(latest.return_value if latest and latest.type == Result.Type.SUCCESSFUL else None, masker),
         "exc_info": masker.text(actions.exc_text(job, latest)),
         "description": masker.text(rqd.format_job_description(job)),
-        "metadata": json.dumps(shown(job.meta, masker), cls=_ReprEncoder),
+        "metadata": json.dumps(shown({"unserialized": f"<not loaded: {job.meta_error}>"} if job.meta_error
+                                     else job.meta, masker), cls=_ReprEncoder),
     }
     dependency_ids = [as_text(key).rsplit(":", 1)[-1] for key in job.dependency_ids]
     if dependency_ids:
