@@ -222,27 +222,42 @@ def rq_function(script: str | bytes) -> str:
     return f"rq_{hashlib.sha1(script if isinstance(script, bytes) else script.encode()).hexdigest()}"
 
 
-def rq_scripts() -> list[str]:
-    """The Lua scripts RQ runs through ``register_script``, read from the installed rq: the
-    ``*_SCRIPT`` strings of its modules that register scripts, and the body ``Queue.empty`` builds
-    for the job key prefixes of RQ's and rqplus's job classes.
+def rq_script_constants() -> dict[str, str]:
+    """RQ's scripts that its modules keep as ``*_SCRIPT`` strings, by name (read from the installed rq).
 
-    Usage: ``len(rq_scripts())  # -> 9 on rq 3.0``
+    Usage: ``rq_script_constants()["RELEASE_LOCK_SCRIPT"]``
+    """
+    from rqplus.compat import RQ_SCRIPT_MODULES
+
+    return {name: value for module in RQ_SCRIPT_MODULES for name, value in vars(importlib.import_module(module)).items()
+            if name.endswith("_SCRIPT") and isinstance(value, str)}
+
+
+def queue_empty_scripts() -> list[str]:
+    """The scripts RQ's ``Queue.empty`` builds (each names its job class' key prefix), for RQ's and
+    rqplus's job classes: read by running it against a stand-in that keeps what it registers.
+
+    Usage: ``queue_empty_scripts()``
     """
     from rq.job import Job as RQJob
     from rq.queue import Queue as RQQueue
 
-    from rqplus.compat import RQ_SCRIPT_MODULES
     from rqplus.job import Job
 
-    found = {value for module in RQ_SCRIPT_MODULES for name, value in vars(importlib.import_module(module)).items()
-             if name.endswith("_SCRIPT") and isinstance(value, str)}
+    registered: list[str | bytes] = []
+    capture = SimpleNamespace(register_script=lambda body: registered.append(body) or (lambda **_: 0))
     for job_class in (RQJob, Job):
-        registered: list[str | bytes] = []
-        capture = SimpleNamespace(register_script=lambda body: registered.append(body) or (lambda **_: 0))
         RQQueue.empty(SimpleNamespace(job_class=job_class, connection=capture, key="rq:queue:"))  # type: ignore[arg-type]
-        found.update(as_text(body) for body in registered)
-    return sorted(found)
+    return sorted({as_text(body) for body in registered})
+
+
+def rq_scripts() -> list[str]:
+    """Every Lua script RQ runs through ``register_script``: :func:`rq_script_constants` and
+    :func:`queue_empty_scripts`.
+
+    Usage: ``len(rq_scripts())  # -> 9 on rq 3.0``
+    """
+    return sorted({*rq_script_constants().values(), *queue_empty_scripts()})
 
 
 @cache
@@ -310,3 +325,42 @@ def with_functions(connection: R) -> R:
     if connection is not None and not isinstance(connection, FunctionsMixin):
         connection.__class__ = _functions_class(type(connection))
     return connection
+
+
+def library_named(spec: str) -> Library:
+    """The library ``spec`` names: ``module`` (its ``FUNCTIONS``) or ``module:attribute``.
+
+    Usage: ``library_named("tasks.payments")``
+    """
+    module, _, attribute = spec.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), attribute or "FUNCTIONS")
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"{spec!r} names no function library: {error}") from None
+    if not isinstance(found, Library):
+        raise ValueError(f"{spec!r} is a {type(found).__name__}, not a rqplus.functions.Library")
+    return found
+
+
+def install(connection: Redis, libraries: Sequence[Library], prune: bool = False) -> list[str]:
+    """Load ``libraries`` into Redis (``FUNCTION LOAD``), and with ``prune`` delete their other
+    versions; returns what was done, a line each. Needs a user allowed FUNCTION LOAD and LIST (and
+    DELETE to prune): ``rqplus-installer`` of deploy/users.acl.
+
+    Usage: ``install(admin_redis, [rqplus_library(), library_named("tasks.payments")])``
+    """
+    lines = []
+    for library in libraries:
+        if library.installed(connection) is None:
+            return ["Redis has no functions (it is older than 7.0): rqplus runs its Lua by EVALSHA, nothing to load"]
+        loaded = library.install(connection)
+        count = len(library.functions)
+        lines.append(f"{library.name}: {'loaded' if loaded else 'already loaded'} ({count} function{'s' * (count != 1)})")
+        others = library.others(connection)
+        for name in others if prune else ():
+            library.delete(connection, name)
+            lines.append(f"{name}: deleted (--prune)")
+        if others and not prune:
+            lines.append(f"{library.prefix}: other versions kept: {', '.join(others)} (delete them with --prune once "
+                         "no worker of those versions runs)")
+    return lines
