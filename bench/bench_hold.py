@@ -89,7 +89,7 @@ def producer_rows(conn: Redis, port: int, length: int) -> list[list[str]]:
     from rq.job import Job
 
     from rqplus.functions import rq_function, rqplus_library
-    from rqplus.scripts import MAX_BATCH, WINDOW, Enqueued, enqueue, priority_insert, queue_keys
+    from rqplus.scripts import MAX_BATCH, WINDOW, enqueue, priority_insert, queue_keys
 
     conn.flushall()
     queue = rqplus.Queue("hold", connection=conn)
@@ -110,7 +110,7 @@ def producer_rows(conn: Redis, port: int, length: int) -> list[list[str]]:
          lambda: priority_insert(conn, queue_keys("big"), prefix, 5, [("x", 0, False, False)])),
         (f"RQ's Queue.empty function on a {length:,}-id list",
          lambda: rqplus_library().call(conn, rq_function(empty.body), ["rq:queue:big"], [])),
-        ("native HSET of one 32 MB value", lambda: conn.hset("rq:job:big", "data", b"x" * (32 << 20))),
+        ("native HSET of one 200 MB value", lambda: conn.hset("rq:job:big", "data", b"x" * (200 << 20))),
     ]
     rows = []
     for name, call in cases:

@@ -71,7 +71,7 @@ class Library:
     """A Redis function library: named ``<prefix>_<hash of its Lua>``, each function
     ``<library name>_<function>``; ``helpers`` is Lua every function sees (locals loaded once).
 
-    Usage: ``Library("myapp", {"count": Function("return redis.call('INCR', KEYS[1])")}).call(redis, "count", ["k"])``
+    Usage: ``Library("myapp", {"one": Function("return 1")}).call(redis, "one")  # -> 1``
     """
 
     def __init__(self, prefix: str, functions: Mapping[str, Function], helpers: str = "") -> None:
@@ -247,7 +247,8 @@ def queue_empty_scripts() -> list[str]:
     registered: list[str | bytes] = []
     capture = SimpleNamespace(register_script=lambda body: registered.append(body) or (lambda **_: 0))
     for job_class in (RQJob, Job):
-        RQQueue.empty(SimpleNamespace(job_class=job_class, connection=capture, key="rq:queue:"))  # type: ignore[arg-type]
+        stand_in = SimpleNamespace(job_class=job_class, connection=capture, key="rq:queue:")
+        RQQueue.empty(stand_in)  # type: ignore[arg-type]
     return sorted({as_text(body) for body in registered})
 
 
@@ -355,7 +356,8 @@ def install(connection: Redis, libraries: Sequence[Library], prune: bool = False
             return ["Redis has no functions (it is older than 7.0): rqplus runs its Lua by EVALSHA, nothing to load"]
         loaded = library.install(connection)
         count = len(library.functions)
-        lines.append(f"{library.name}: {'loaded' if loaded else 'already loaded'} ({count} function{'s' * (count != 1)})")
+        done = "loaded" if loaded else "already loaded"
+        lines.append(f"{library.name}: {done} ({count} function{'s' * (count != 1)})")
         others = library.others(connection)
         for name in others if prune else ():
             library.delete(connection, name)

@@ -122,7 +122,7 @@ def enqueue(connection: Redis | Pipeline, keys: QueueKeys, queues_key: str, job_
     writes and its ordered insert at once, a job whose hash already holds its ``enqueued_at`` skipped
     (a re-sent call). Returns how many were enqueued (the pipeline, on one).
 
-    Usage: ``enqueue(redis, queue_keys("emails"), "rq:queues", "rq:job:", 5, [Enqueued(job.key, job.id, 0, False, stamp, writes)])``
+    Usage: ``enqueue(redis, keys, "rq:queues", "rq:job:", 5, [Enqueued(job.key, job.id, 0, False, stamp, writes)])``
     """
     def run(batch: Sequence[Enqueued]) -> Any:
         words = [word for job in batch

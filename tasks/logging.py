@@ -245,7 +245,8 @@ class Consumer:
         self.token = ""
 
     def _next_batch(self, done: int, size: int) -> list[bytes]:
-        batch = FUNCTIONS.call(self.connection, "next_batch", [EVENTS_KEY, LEASE_KEY], [self.token, self.lease_ms, done, size])
+        batch = FUNCTIONS.call(self.connection, "next_batch", [EVENTS_KEY, LEASE_KEY],
+                               [self.token, self.lease_ms, done, size])
         if batch is None:
             raise LeaseLost(f"the lease on {EVENTS_KEY} went to another consumer; {done} records written "
                             "but not acknowledged will be written again by it")
