@@ -1,6 +1,6 @@
 -- Enqueues jobs into one queue, each in one step with its ordered insert, so that nothing of a job
 -- is written unless all of it is: checks first, then for each job the insert and RQ's own writes
--- for it (recorded on a pipeline that is never executed; see `check_writes`). Re-sending it after a
+-- for it (recorded on a pipeline that is never executed; see `replay`). Re-sending it after a
 -- lost reply (redis-py retries, or rqplus') enqueues nothing twice.
 -- KEYS[1] = the queue list, KEYS[2] = its wake-up list, KEYS[3] = its window priorities,
 -- KEYS[4] = its window counts, KEYS[5] = the set of known queues (rq:queues),
@@ -9,8 +9,9 @@
 -- ARGV[4...] = for each job: id, priority, "back" or "front", its enqueued_at (RQ stamps it to the
 --              microsecond at each enqueue: a job hash already holding it is this very enqueue,
 --              re-sent, and that job is skipped), the number of words of its writes, the writes
--- Returns how many jobs were enqueued; an error, with nothing written, when the queue key is no list,
--- a job key holds something other than a hash, or a write is not one of the job's own.
+-- Returns how many jobs were enqueued; an error, with nothing written, when the queue key is no list
+-- or a job key holds something other than a hash (and an error when a write is not one of the job's
+-- own: only a forged call has one).
 local q = queue(KEYS[1], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3])
 check_batch(#KEYS - 5)
 local queue_type = redis.call('TYPE', q.list).ok
@@ -27,7 +28,6 @@ for j = 6, #KEYS do
   elseif job_type ~= 'none' then
     return redis.error_reply('WRONGTYPE ' .. job.key .. ' holds a ' .. job_type .. ', not a job hash: nothing enqueued')
   end
-  check_writes(ARGV, job.first, job.words, ARGV[2], job.id)
   jobs[#jobs + 1] = job
   i = job.first + job.words
 end
@@ -37,7 +37,7 @@ for _, job in ipairs(jobs) do
     -- the insert first: a key of the queue's that Redis refuses (a forged or corrupted one) stops
     -- here before the job hash is written (an id left in the list without its hash is skipped)
     n = insert(q, job.id, job.p, job.mode, n)
-    replay(ARGV, job.first, job.words)
+    replay(ARGV, job.first, job.words, ARGV[2], job.id, job.key)
     enqueued = enqueued + 1
   end
 end

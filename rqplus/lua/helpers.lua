@@ -190,28 +190,20 @@ end
 
 -- RQ's own writes for one job (recorded by rqplus on a pipeline it never executes), flattened in
 -- args (ARGV) from index i on: for each write its number of words, then the words; `words` words in all.
--- Only the commands RQ uses to save a job (REPLAYED), each on a key of that job: under the job
--- prefix and naming the job id (its hash, its dependents and dependencies sets: names RQ built, in
--- args). So a caller cannot make a function run anything else, and each write costs O(its words).
--- check_writes raises before anything is written; replay runs them.
+-- Only the commands RQ uses to save a job (REPLAYED, as redis-py names them), each on a key of that
+-- job: under the job prefix and naming the job id (its hash, its dependents and dependencies sets:
+-- names RQ built, in args). So a caller cannot make a function run anything else, and each write
+-- costs O(its words). Each write is checked before it runs: a forged one stops the call there.
 local REPLAYED = {HSET = true, HDEL = true, EXPIRE = true, PERSIST = true}
-local function check_writes(args, i, words, prefix, job_id)
+local function replay(args, i, words, prefix, job_id, job_key)
   local last = i + words - 1
   while i <= last do
     local n, command, key = tonumber(args[i]), args[i + 1], args[i + 2]
-    if not n or n < 2 or i + n > last or not REPLAYED[string.upper(command)]
-       or string.sub(key, 1, #prefix) ~= prefix or not string.find(key, job_id, #prefix + 1, true) then
+    if not n or n < 2 or i + n > last or not REPLAYED[command] or (key ~= job_key and
+       (string.find(key, prefix, 1, true) ~= 1 or not string.find(key, job_id, #prefix + 1, true))) then
       error({err = 'ERR rqplus: write ' .. tostring(command) .. ' ' .. tostring(key) .. ' is not one of job '
-                   .. job_id .. "'s own writes: nothing written"})
+                   .. job_id .. "'s own writes"})
     end
-    i = i + n + 1
-  end
-end
-
-local function replay(args, i, words)
-  local last = i + words - 1
-  while i <= last do
-    local n = tonumber(args[i])
     redis.call(unpack(args, i + 1, i + n))
     i = i + n + 1
   end
