@@ -46,8 +46,8 @@ from rqplus.task import task_defaults
 
 #: Failed jobs requeued per function call by ``Queue.requeue_failed_many``.
 REQUEUE_BATCH = MAX_BATCH
-#: Jobs written per function call by ``Queue.enqueue_many``: each call holds Redis for about 10 ms
-#: (measured: docs/priority.md), so a bulk enqueue never keeps other clients waiting long.
+#: Jobs written per function call by ``Queue.enqueue_many``: other clients wait at most about 20 ms
+#: for one call (bench/bench_hold.py; docs/security.md, "Function library"), whatever the batch.
 ENQUEUE_MANY_CHUNK = 500
 
 #: The job hash fields RQ parses when it loads a job, each with a parser of its text: a job whose
@@ -296,7 +296,7 @@ class Queue(RQQueue):
         return writes
 
     # RQ change: RQ saves every job and pushes its id in one MULTI/EXEC for the whole batch, which
-    # holds Redis as long as it takes (1.2 s for 100,000 jobs, every other client waiting). Here the
+    # holds Redis as long as it takes (0.5 to 1.2 s for 100,000 jobs, every other client waiting). Here the
     # jobs are created and checked first, as RQ does, then written ENQUEUE_MANY_CHUNK at a time, each
     # chunk one call of the enqueue function (each job's writes with its ordered insert: never half
     # of a job). Into a pipeline of the caller's, the same calls are queued (the caller's EXEC then

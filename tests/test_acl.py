@@ -388,7 +388,8 @@ def test_a_function_refuses_more_than_max_batch_and_foreign_writes(acl_server: A
                                  keys.backlog, "rq:job:", 5, *words)
     assert priority_insert(producer, keys, "rq:job:", 5, [(f"j{n}", 5, False, False) for n in range(MAX_BATCH + 1)]) \
         == MAX_BATCH + 1
-    forged = Enqueued("rq:job:a", "a", 5, False, "now", [3, "HSET", "rq:job:a", "status", 2, "DEL", "rq:queue:other"])
+    writes = [4, "HSET", "rq:job:a", "status", "queued", 2, "DEL", "rq:queue:other"]  # RQ's, then a forged one
+    forged = Enqueued("rq:job:a", "a", 5, False, "now", writes)
     admin.rpush("rq:queue:other", "x")
     with pytest.raises(ResponseError, match="write DEL rq:queue:other is not one of job a's own writes"):
         enqueue(producer, keys, "rq:queues", "rq:job:", 5, [forged])
