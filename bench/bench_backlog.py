@@ -45,8 +45,9 @@ SINGLE = 200  # timed single enqueues per case and checkpoint
 
 
 #: What an enqueue sends at the top level: stock RQ two MULTI/EXEC (SADD; HSETs and RPUSH), rqplus
-#: one script. Commands run inside EXEC or a script are counted in its time, and again on their own.
-TOP_LEVEL = ("cmdstat_multi", "cmdstat_exec", "cmdstat_eval", "cmdstat_evalsha")
+#: one function call (one script by EVALSHA before rqplus' function library). Commands run inside
+#: EXEC, a script or a function are counted in its time, and again on their own.
+TOP_LEVEL = ("cmdstat_multi", "cmdstat_exec", "cmdstat_eval", "cmdstat_evalsha", "cmdstat_fcall")
 
 
 def redis_usec(conn: Redis) -> float:

@@ -23,11 +23,12 @@ import click
 from redis import Redis
 from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError, TimeoutError
 
-from rqplus import __version__, durability, pool, requeue, stack
+from rqplus import __version__, durability, functions, pool, requeue, stack
 from rqplus.connections import REDIS_URL_ENV, connect, explain, one_attempt, redact, redis_url, url_is_configured
 from rqplus.defaults import (DASHBOARD_HOST, DASHBOARD_PORT, DASHBOARD_PREFIX, DEFAULT_QUEUES, POOL_PROCESSES,
                              WORKER_STOP_TIMEOUT)
-from rqplus.exceptions import RequeueBusyError, UnknownQueueError
+from rqplus.exceptions import LibraryError, RequeueBusyError, UnknownQueueError
+from rqplus.functions import library_named, rqplus_library
 from rqplus.limits import check_queue_name
 
 #: Seconds ``rqplus check`` waits to connect and for each answer (one attempt, no retries), and
@@ -136,18 +137,36 @@ def worker(processes: int, threads: int | None, tasks: int | None, worker_class:
     raise SystemExit(workers.run())
 
 
-@main.command(short_help="Check that Redis is durable enough for queues.")
+@main.command(short_help="Check that Redis is durable enough for queues; --install loads rqplus's functions.")
 @click.option("--url", "-u", metavar="URL", help="Redis to check (default: $REDIS_URL, else redis://127.0.0.1:6379/0).")
-def check(url: str | None) -> None:
+@click.option("--install", is_flag=True,
+              help="First load rqplus's Redis function library (a user allowed FUNCTION LOAD: rqplus-installer).")
+@click.option("--library", "libraries", multiple=True, metavar="MODULE[:NAME]",
+              help="With --install, also this module's function library (its FUNCTIONS), e.g. tasks.payments.")
+@click.option("--prune", is_flag=True, help="With --install, delete the other versions of those libraries.")
+def check(url: str | None, install: bool, libraries: tuple[str, ...], prune: bool) -> None:
     """Check that a Redis keeps queued jobs through a crash or restart, and never evicts them.
 
     Prints the verdict, each problem with the redis.conf line that fixes it, each warning, and the
-    settings read. Exits 0 when durable, 1 when not, 2 when Redis cannot be reached or read.
+    settings read. Exits 0 when durable, 1 when not, 2 when Redis cannot be reached or read, or
+    --install fails. --install first loads rqplus's Lua (and each --library), printing what it did.
     """
+    if (libraries or prune) and not install:
+        raise click.UsageError("--library and --prune go with --install")
+    try:
+        chosen_libraries = [rqplus_library(), *(library_named(spec) for spec in libraries)]
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
     chosen, where = _chosen_url("check", url)
     with _redis_errors("check", where, chosen):
         client = connect(chosen, **one_attempt(CHECK_TIMEOUT))
         try:
+            if install:
+                try:
+                    lines = functions.install(client, chosen_libraries, prune=prune)
+                except LibraryError as error:
+                    _failed("check", str(error))
+                click.echo("".join(f"functions: {line}\n" for line in lines), nl=False)
             report = durability.check(client, exposure=True)
         finally:
             client.close()

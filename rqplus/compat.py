@@ -87,6 +87,10 @@ except ImportError:  # rq 2.12 has none
     RateLimitRegistry = None  # type: ignore[assignment,misc]
 
 
+#: The modules of the installed rq whose ``*_SCRIPT`` strings RQ runs through ``register_script``
+#: (rqplus's function library holds them: rqplus.functions.rq_scripts); rate limits are rq 3.x's.
+RQ_SCRIPT_MODULES = ("rq.scripts", "rq.scheduler", *(("rq.rate_limit",) if RQ3 else ()))
+
 def rate_limited(job: Any) -> bool:
     """True for a job enqueued with rq 3.0's ``rate_limit=RateLimit(...)`` (never on rq 2.12).
 

@@ -25,6 +25,7 @@ from redis.retry import Retry
 from redis.exceptions import AuthenticationError, ConnectionError, ResponseError, TimeoutError
 
 from rqplus.defaults import DEFAULT_REDIS_URL
+from rqplus.functions import FunctionsRedis
 
 
 #: Environment variable naming the Redis to use, as RQ's own CLI accepts it.
@@ -89,11 +90,12 @@ def url_is_configured() -> bool:
 
 
 def connect(url: str | None = None, **options) -> Redis:
-    """A Redis client for ``redis_url(url)``; extra keyword options go to ``Redis.from_url``.
+    """A Redis client for ``redis_url(url)``; extra keyword options go to ``Redis.from_url``. It runs
+    RQ's scripts as functions of rqplus's library (``rqplus.functions.FunctionsRedis``).
 
     Usage: ``connect("redis://127.0.0.1:6380/0").ping()``
     """
-    return Redis.from_url(redis_url(url), **options)
+    return FunctionsRedis.from_url(redis_url(url), **options)
 
 
 def shared(url: str | None = None) -> Redis:

@@ -1,9 +1,12 @@
 """Default values used across rqplus, kept in one place (like ``rq.defaults``)."""
 
-#: Most urgent priority. Lower numbers run first, as in the seed's sorted-set convention.
-MIN_PRIORITY = 0
-#: Least urgent priority.
-MAX_PRIORITY = 9
+from rqplus.lua import constant
+
+#: Most urgent priority. Lower numbers run first, as in the seed's sorted-set convention. Defined in
+#: rqplus/lua/helpers.lua, the Lua that keeps priority order.
+MIN_PRIORITY = constant("MIN_PRIORITY")
+#: Least urgent priority (defined there too).
+MAX_PRIORITY = constant("MAX_PRIORITY")
 #: Priority given to jobs enqueued without one, and to jobs enqueued by stock RQ code.
 DEFAULT_PRIORITY = 5
 

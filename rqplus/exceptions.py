@@ -66,3 +66,12 @@ class PoolError(RuntimeError):
 class JobStopped(Exception):
     """RQ's stop-job command (``rq.command.send_stop_job_command``) reached a job that a
     ThreadWorker or AsyncWorker runs: raised in its thread, or its coroutine cancelled."""
+
+
+class LibraryError(RuntimeError):
+    """Redis lacks one of rqplus's function libraries and this user may not load it, or the user may
+    not call functions at all; the message names the fix (``rqplus check --install`` with an admin
+    user, or the ACL rules to grant).
+
+    Raised by :meth:`rqplus.functions.Library.call` (any rqplus path that runs Lua) and ``install``.
+    """

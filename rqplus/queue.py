@@ -1,7 +1,7 @@
 """``rqplus.Queue``: an RQ queue whose jobs run most-urgent first.
 
 The most urgent jobs (up to ``rqplus.scripts.WINDOW``) wait in RQ's LIST at ``rq:queue:<name>``,
-kept in run order at insert time by the Lua script in :mod:`rqplus.scripts`; the rest wait in one
+kept in run order at insert time by rqplus's Lua (:mod:`rqplus.scripts`); the rest wait in one
 backlog list per priority level (see :mod:`rqplus.priority`), and every rqplus pop refills the
 list. So an enqueue costs the same at any backlog, and RQ's dequeue, ``rq info`` and rq-dashboard
 read one ordinary, already sorted list; this class counts and lists the backlog as part of the queue.
@@ -36,16 +36,20 @@ from rq.utils import as_text, current_timestamp, parse_timeout, str_to_date, utc
 from rqplus.compat import RateLimitRegistry, rate_limited, rq_signature
 from rqplus.defaults import DEFAULT_PRIORITY, MAX_PAYLOAD_BYTES
 
-#: Failed jobs requeued per script by ``Queue.requeue_failed_many``.
-REQUEUE_BATCH = 1000
 from rqplus.durability import require_durable
 from rqplus.faults import REDIS_DOWN, TRANSIENT, wait_out
+from rqplus.functions import with_functions
 from rqplus.limits import check_options, check_queue_name
-from rqplus.priority import (LEVELS, backlog_key, backlog_prefix, priority_of, window_counts_key, window_key,
-                             with_priority)
-from rqplus.scripts import (MERGE_BACKLOG, REFILL, enqueue, fetch_many, priority_insert, quarantine, reliable_fetch,
-                            requeue_failed, run, wake_key)
+from rqplus.priority import LEVELS, backlog_key, priority_of, window_counts_key, window_key, with_priority
+from rqplus.scripts import (MAX_BATCH, Enqueued, QueueKeys, enqueue, fetch_keys, fetch_many, merge_backlog,
+                            priority_insert, quarantine, queue_keys, refill, reliable_fetch, requeue_failed, wake_key)
 from rqplus.task import task_defaults
+
+#: Failed jobs requeued per function call by ``Queue.requeue_failed_many``.
+REQUEUE_BATCH = MAX_BATCH
+#: Jobs written per function call by ``Queue.enqueue_many``: other clients wait at most about 20 ms
+#: for one call (bench/bench_hold.py; docs/security.md, "Function library"), whatever the batch.
+ENQUEUE_MANY_CHUNK = 500
 
 #: The job hash fields RQ parses when it loads a job, each with a parser of its text: a job whose
 #: hash fails one of them is quarantined with a reason naming the field.
@@ -83,13 +87,15 @@ class Queue(RQQueue):
     enqueue_retry_seconds: float = 30.0
 
     # RQ change: ``durable`` (see above). Any name builds a queue object, as RQ's own code does
-    # (``Queue(job.origin)``); an odd name is refused at enqueue (see create_job).
+    # (``Queue(job.origin)``); an odd name is refused at enqueue (see create_job). The connection runs
+    # RQ's scripts as functions of rqplus's library (rqplus.functions.with_functions).
     @rq_signature(RQQueue.__init__)
     def __init__(self, *, durable: bool = False, **arguments: Any) -> None:
         super().__init__(**arguments)
+        with_functions(self.connection)
         self.durable = durable
         self._pushing: dict[str, int] = {}  # job id -> priority, for push_job_id (RQ passes it the id only)
-        self._bulk: dict[int, list[tuple[str, int, bool, bool]]] = {}  # id(pipeline) -> pushes, see enqueue_many
+        self._bulk: dict[int, list[Enqueued]] = {}  # id(pipeline) -> jobs to write, see enqueue_many
         self._checked_name: str | None = None  # see create_job
 
     @property
@@ -108,12 +114,12 @@ class Queue(RQQueue):
         return [backlog_key(self.name, level) for level in LEVELS]
 
     @property
-    def _order_keys(self) -> tuple[str, str, str]:
-        return self.key, self.wake_key, self.window_key
+    def _order_keys(self) -> QueueKeys:
+        return queue_keys(self.name, self.key)
 
     def _insert(self, connection: Redis | Pipeline, jobs: Iterable[tuple[str, int, bool, bool]]) -> int | Pipeline:
-        return priority_insert(connection, self._order_keys, backlog_prefix(self.name),
-                               self.job_class.redis_job_namespace_prefix, DEFAULT_PRIORITY, jobs)
+        return priority_insert(connection, self._order_keys, self.job_class.redis_job_namespace_prefix,
+                               DEFAULT_PRIORITY, jobs)
 
     def _lengths(self) -> tuple[list[str], list[int]]:
         """The lists holding this queue's jobs, in run order (RQ's list, then each backlog level),
@@ -184,8 +190,7 @@ class Queue(RQQueue):
 
     # RQ change: the backlog's ids are first appended to the list, so RQ's script deletes their jobs too.
     def empty(self) -> Any:
-        keys = (self.key, self.window_key, *self.backlog_keys)
-        run(self.connection, MERGE_BACKLOG, len(keys), *keys)
+        merge_backlog(self.connection, self._order_keys, self.backlog_keys)
         return super().empty()
 
     # RQ change: the backlog lists and the window's priorities go with the queue.
@@ -249,18 +254,21 @@ class Queue(RQQueue):
         if pipeline is not None or unique or job._dependency_ids or not self._is_async or rate_limited(job):
             return super().enqueue_job(job, pipeline=pipeline, at_front=at_front, unique=unique)
         self.log.debug("Enqueueing job %s to queue %s (at_front=%s)", job.id, self.name, at_front)
-        self._prepare_for_queue(job)
-        writes = self._recorded_writes(job)
-        keys = (*self._order_keys, job.key, self.redis_queues_keys)
-        prefix, priority = self.job_class.redis_job_namespace_prefix, priority_of(job)
-
-        def send() -> int:
-            return enqueue(self.connection, keys, backlog_prefix(self.name), prefix, DEFAULT_PRIORITY, job.id,
-                           priority, at_front, utcformat(job.enqueued_at), writes)
-
-        wait_out(send, self.log, f"Enqueue of job {job.id}", first=0.5, faults=REDIS_DOWN,
-                 give_up_after=self.enqueue_retry_seconds)
+        enqueued = [self._enqueued(job, at_front)]
+        wait_out(lambda: self._write(self.connection, enqueued), self.log, f"Enqueue of job {job.id}", first=0.5,
+                 faults=REDIS_DOWN, give_up_after=self.enqueue_retry_seconds)
         return job
+
+    def _enqueued(self, job: Job, at_front: bool) -> Enqueued:
+        """``job`` prepared for the queue as RQ prepares it, with RQ's writes for it, to be written
+        (with its ordered insert) by one call of the enqueue function."""
+        self._prepare_for_queue(job)
+        return Enqueued(job.key, job.id, priority_of(job), at_front, utcformat(job.enqueued_at),
+                        self._recorded_writes(job))
+
+    def _write(self, connection: Redis | Pipeline, jobs: Sequence[Enqueued]) -> int | Pipeline:
+        return enqueue(connection, self._order_keys, self.redis_queues_keys, self.job_class.redis_job_namespace_prefix,
+                       DEFAULT_PRIORITY, jobs)
 
     def _recorded_writes(self, job: Job) -> list:
         """RQ's own writes that queue ``job`` (``_persist_job``), flattened for a script to replay."""
@@ -270,7 +278,13 @@ class Queue(RQQueue):
         recorder.reset()
         return writes
 
-    # RQ change: the jobs' ids are put in order by one script for the whole batch (RQ: one push per job).
+    # RQ change: RQ saves every job and pushes its id in one MULTI/EXEC for the whole batch, which
+    # holds Redis as long as it takes (0.5 to 1.2 s for 100,000 jobs, every other client waiting). Here the
+    # jobs are created and checked first, as RQ does, then written ENQUEUE_MANY_CHUNK at a time, each
+    # chunk one call of the enqueue function (each job's writes with its ordered insert: never half
+    # of a job). Into a pipeline of the caller's, the same calls are queued (the caller's EXEC then
+    # holds Redis for all of them, unless the pipeline is not a transaction). Jobs with dependencies,
+    # and a synchronous queue's, take RQ's own path (it executes and reads mid-way).
     @rq_signature(RQQueue.enqueue_many)
     def enqueue_many(self, **arguments: Any) -> list[Job]:
         """``rq.Queue.enqueue_many``: jobs made by ``Queue.prepare_data`` (which takes ``priority=``).
@@ -278,19 +292,18 @@ class Queue(RQQueue):
         Usage: ``queue.enqueue_many([Queue.prepare_data(report, (n,), priority=n % 10) for n in range(1000)])``
         """
         arguments["job_datas"] = job_datas = list(arguments["job_datas"])
-        if any(job_data.depends_on for job_data in job_datas):  # RQ executes and reads mid-way
+        if any(job_data.depends_on for job_data in job_datas) or not self._is_async:
             return super().enqueue_many(**arguments)
         pipeline = arguments.get("pipeline")
-        pipe = arguments["pipeline"] = pipeline if pipeline is not None else self.connection.pipeline()
-        pushes = self._bulk[id(pipe)] = []
+        recorder = arguments["pipeline"] = self.connection.pipeline()  # never executed: see _enqueue_async_job
+        bulk = self._bulk[id(recorder)] = []
         try:
             jobs = super().enqueue_many(**arguments)
         finally:
-            del self._bulk[id(pipe)]
-        if pushes:
-            self._insert(pipe, pushes)
-        if pipeline is None:
-            pipe.execute()
+            del self._bulk[id(recorder)]
+            recorder.reset()
+        for start in range(0, len(bulk), ENQUEUE_MANY_CHUNK):
+            self._write(self.connection if pipeline is None else pipeline, bulk[start:start + ENQUEUE_MANY_CHUNK])
         return jobs
 
     # RQ change: every job is checked before anything is written: a queue name that can name a
@@ -335,10 +348,7 @@ class Queue(RQQueue):
     def push_job_id(self, job_id: str, pipeline: Pipeline | None = None, at_front: bool = False) -> None:
         priority = self._pushing.get(job_id)
         push = (job_id, self.job_priority(job_id) if priority is None else priority, at_front, False)
-        if pipeline is not None and id(pipeline) in self._bulk:
-            self._bulk[id(pipeline)].append(push)
-        else:
-            self._insert(pipeline if pipeline is not None else self.connection, [push])
+        self._insert(pipeline if pipeline is not None else self.connection, [push])
         self.log.debug("Pushed job %s into %s in priority order", job_id, self.name)
 
     def job_priority(self, job_id: str) -> int:
@@ -370,10 +380,16 @@ class Queue(RQQueue):
                     queue.reposition(job.id, at_front=bool(job.enqueue_at_front), priority=priority_of(job))
 
     # RQ change: push_job_id is told the job's priority; unique=True saves and pushes in RQ's own
-    # Lua script (plain RPUSH/LPUSH), so the job is moved to its priority's place right after.
+    # Lua script (plain RPUSH/LPUSH), so the job is moved to its priority's place right after. Inside
+    # enqueue_many (its recorder pipeline), the job is prepared and its writes recorded, as RQ would
+    # write them, for enqueue_many to write in chunks.
     def _enqueue_async_job(
         self, job: Job, pipeline: Pipeline | None = None, at_front: bool = False, unique: bool = False
     ) -> Job:
+        bulk = None if pipeline is None or unique else self._bulk.get(id(pipeline))
+        if bulk is not None and job.get_status(refresh=False) != JobStatus.DEFERRED:
+            bulk.append(self._enqueued(job, at_front))
+            return job
         self._pushing[job.id] = priority_of(job)
         try:
             job = super()._enqueue_async_job(job, pipeline=pipeline, at_front=at_front, unique=unique)
@@ -420,7 +436,6 @@ class Queue(RQQueue):
         Usage: ``queue.requeue_failed_many(queue.failed_job_registry.get_job_ids(0, 999))``
         """
         requeued = 0
-        keys = (*self._order_keys, self.failed_job_registry.key)
         for start in range(0, len(job_ids), REQUEUE_BATCH):
             batch = []
             for job in self.job_class.fetch_many(list(job_ids[start:start + REQUEUE_BATCH]),
@@ -436,8 +451,8 @@ class Queue(RQQueue):
                 writes = self._recorded_writes(job)
                 if job.ttl is None:  # see requeue_failed
                     writes += [2, "PERSIST", job.key]
-                batch.append((job.id, priority_of(job), at_front, writes))
-            requeued += requeue_failed(self.connection, keys, backlog_prefix(self.name),
+                batch.append((job.key, job.id, priority_of(job), at_front, writes))
+            requeued += requeue_failed(self.connection, self._order_keys, self.failed_job_registry.key,
                                        self.job_class.redis_job_namespace_prefix, DEFAULT_PRIORITY, batch)
         return requeued
 
@@ -461,7 +476,7 @@ class Queue(RQQueue):
             raise ValueError("RQ does not support indefinite timeouts. Please pick a timeout value > 0")
         prefix = cls.redis_queue_namespace_prefix
         names = [key[len(prefix):] for key in queue_keys]
-        queues = [(key, IntermediateQueue.get_intermediate_queue_key(key), window_key(name), backlog_prefix(name))
+        queues = [fetch_keys(name, key, IntermediateQueue.get_intermediate_queue_key(key))
                   for key, name in zip(queue_keys, names)]
         deadline = time.monotonic() + (timeout or 0)
         while True:
@@ -484,8 +499,7 @@ class Queue(RQQueue):
             return result
         result = super().lmove(connection, queue_key, timeout)
         name = queue_key[len(cls.redis_queue_namespace_prefix):]
-        run(connection, REFILL, 2, queue_key, window_key(name), cls.job_class.redis_job_namespace_prefix,
-                        backlog_prefix(name), result[1])
+        refill(connection, queue_keys(name, queue_key), cls.job_class.redis_job_namespace_prefix, result[1])
         return result
 
     # RQ change: a job that cannot be loaded (a forged or corrupted field, a job key that is no
@@ -521,7 +535,7 @@ class Queue(RQQueue):
 
         Usage: ``for job, queue in Queue.dequeue_many(worker.queues, 8, redis, timeout=5): ...``
         """
-        keys = [(q.key, q.intermediate_queue_key, q.window_key, backlog_prefix(q.name)) for q in queues]
+        keys = [fetch_keys(q.name, q.key, q.intermediate_queue_key) for q in queues]
         prefix = cls.job_class.redis_job_namespace_prefix
         found = fetch_many(connection, keys, prefix, count)
         if not found and timeout is not None:

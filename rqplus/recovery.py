@@ -32,12 +32,12 @@ from redis.client import Pipeline
 from rq.defaults import DEFAULT_FAILURE_TTL
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
-from rq.utils import as_text, current_timestamp
+from rq.utils import current_timestamp
 
 from rqplus.defaults import DEFAULT_PRIORITY
-from rqplus.priority import backlog_prefix, priority_of
+from rqplus.priority import priority_of
 from rqplus.queue import Queue
-from rqplus.scripts import FIND_ABANDONED, RESCUE, run
+from rqplus.scripts import find_abandoned, queue_keys, rescue
 
 logger = logging.getLogger("rqplus.recovery")
 
@@ -115,12 +115,12 @@ def rescue_abandoned(
     """
     if not queues:
         return []
-    keys = [key for q in queues for key in (q.started_job_registry.key, q.intermediate_queue_key)]
-    found = run(connection, FIND_ABANDONED, len(keys), *keys, EXECUTION_KEY_PREFIX, WORKER_KEY_PREFIX)
+    found = find_abandoned(connection, [(q.started_job_registry.key, q.intermediate_queue_key) for q in queues],
+                           EXECUTION_KEY_PREFIX, WORKER_KEY_PREFIX)
     settling = bool(found) and restart_grace > 0 and int(connection.info("server")["uptime_in_seconds"]) < restart_grace
     done = []
-    for index, entry, job_id, worker in zip(found[0::4], found[1::4], found[2::4], found[3::4]):
-        queue, entry, job_id, worker = queues[int(index) - 1], as_text(entry), as_text(job_id), as_text(worker)
+    for index, entry, job_id, worker in found:
+        queue = queues[index]
         if entry:
             rescue = None if settling else _rescue_started(connection, queue, entry, job_id, worker, max_rescues)
         else:
@@ -134,11 +134,11 @@ def rescue_abandoned(
 
 def _run_rescue(connection: Redis, queue: Queue, held_key: str, job_id: str, priority: int, entry: str,
                 worker: str, max_rescues: int, failure_ttl: int) -> int:
-    prefix = queue.job_class.redis_job_namespace_prefix
-    keys = (queue.key, queue.wake_key, held_key, queue.failed_job_registry.key, queue.intermediate_queue_key,
-            queue.window_key)
-    return run(connection, RESCUE, len(keys), *keys, job_id, prefix, DEFAULT_PRIORITY, entry, WORKER_KEY_PREFIX,
-               worker, max_rescues, current_timestamp() + failure_ttl, backlog_prefix(queue.name), priority)
+    return rescue(connection, queue_keys(queue.name, queue.key), held_key, queue.failed_job_registry.key,
+                  queue.intermediate_queue_key, queue.job_class.key_for(job_id), alive_key(worker) if worker else None,
+                  job_id,
+                  queue.job_class.redis_job_namespace_prefix, DEFAULT_PRIORITY, entry, max_rescues,
+                  current_timestamp() + failure_ttl, priority)
 
 
 def hand_back(connection: Redis, queue: Queue, job_id: str, execution_id: str, worker: str,

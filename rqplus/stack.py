@@ -37,7 +37,8 @@ from rqplus.connections import REDIS_URL_ENV, connect, explain, is_reachable, re
 from rqplus.defaults import DASHBOARD_HOST, DEFAULT_DATA_DIR, DEFAULT_QUEUES, DEFAULT_REDIS_URL, WORKER_STOP_TIMEOUT
 from rqplus.durability import check
 from rqplus.embedded import DURABLE_CONFIG, RedisServer, RedisServerError
-from rqplus.exceptions import PoolError
+from rqplus.exceptions import LibraryError, PoolError
+from rqplus.functions import Library, install, library_named, rqplus_library
 from rqplus.pool import WORKER_CLASS, StartStop, WorkerPool
 from rqplus.queue import Queue
 
@@ -153,6 +154,8 @@ class Stack(StartStop):
         self.dashboard_port = dashboard_port
         #: The dashboard's waitress server (one loopback socket), once started.
         self.dashboard: Server | None = None
+        #: The Redis function libraries loaded at start: rqplus's (``up(demo=True)`` adds the demo's).
+        self.libraries: list[Library] = [rqplus_library()]
 
     def say(self, line: str) -> None:
         """Print one progress line for the user."""
@@ -162,6 +165,7 @@ class Stack(StartStop):
         """Find or start Redis, then start the workers. Raises ``StackError`` (``RedisUnavailable``)
         and ``RedisServerError``; call ``stop`` in any case."""
         self.url = self._choose_redis()
+        self._load_functions()
         self._start_workers()
         if self.dashboard_port is not None:
             self._start_dashboard()
@@ -202,6 +206,17 @@ class Stack(StartStop):
                 return
         if not report.ok:
             self.say("warning: this Redis is not durable: " + "; ".join(report.problems))
+
+    def _load_functions(self) -> None:
+        """Load the function libraries (FUNCTION LOAD), which the Redis' own user may always do on the
+        embedded Redis; on another, its admin may have to (``rqplus check --install``): a warning."""
+        with connect(self.url) as client:
+            try:
+                lines = install(client, self.libraries)
+            except (LibraryError, ResponseError) as error:
+                self.say(f"warning: could not load rqplus's Redis functions: {error}")
+                return
+        self.say("Functions: " + "; ".join(lines))
 
     @property
     def workers(self) -> list[subprocess.Popen]:
@@ -330,6 +345,7 @@ def up(
         try:
             if demo:
                 stack.env = {**sink.start().environment(), PATH_ENV: str(data_dir / "events.jsonl")}
+                stack.libraries += [library_named(name) for name in demo_jobs.LIBRARIES]
             stack.start()
             progress = None
             if demo:

@@ -46,8 +46,7 @@ from rqplus.exceptions import JobStopped
 from rqplus.faults import TRANSIENT
 from rqplus.queue import Queue
 from rqplus.recovery import hand_back, put_back_unstarted
-from rqplus.scripts import FINISH_MANY, START_MANY
-from rqplus.scripts import run as run_script
+from rqplus.scripts import Finish, Start, finish_many, start_many
 from rqplus.timeouts import ABANDON_GRACE, Watchdog, raise_in_thread
 from rqplus.worker import Worker
 
@@ -209,7 +208,7 @@ class ThreadWorker(ConcurrentCompat, Worker):
 
     def record_starts(self, batch: list[tuple[Job, Queue]]) -> list[Running]:
         """Record the start of each job in ``batch``, in one transaction, with RQ's writes for it
-        (``START_MANY``): its execution in the started registry, its status, start time and worker,
+        (``start_many``): its execution in the started registry, its status, start time and worker,
         out of the intermediate list. Redis faults are waited out; an attempt whose reply was lost
         is undone before the next.
 
@@ -224,26 +223,27 @@ class ThreadWorker(ConcurrentCompat, Worker):
                     self.drop_unconfirmed_executions(job)
             attempts += 1
             stamp, ttl = now(), self.job_monitoring_interval + 60  # RQ's TTL for a job watched while it runs
+            hash_prefix, registry_prefix = execution_key_prefixes()
             queues: dict[str, int] = {}
-            keys: list[str] = []
-            jobs: list[Any] = []
+            keys: list[tuple[str, str]] = []
+            jobs: list[Start] = []
             runs = []
             for job, queue in batch:
                 if queue.name not in queues:
-                    queues[queue.name] = len(queues) + 1
-                    keys += [self.registry_keys(queue)[0], queue.intermediate_queue_key]
+                    queues[queue.name] = len(queues)
+                    keys.append((self.registry_keys(queue)[0], queue.intermediate_queue_key))
                 execution = Execution(uuid4().hex, job.id, self.connection, worker_name=self.name)
                 execution.created_at = execution.last_heartbeat = stamp
                 execution._job = job
                 job.worker_name, job.last_heartbeat, job.started_at = self.name, stamp, stamp
                 job._status = JobStatus.STARTED
-                jobs += [job.id, job.key, queues[queue.name], execution.id]
+                jobs.append(Start(job.id, job.key, queues[queue.name], execution.id,
+                                  f"{hash_prefix}{job.id}:{execution.id}", f"{registry_prefix}{job.id}"))
                 timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
                 runs.append(Running(job, queue, execution, None if timeout == -1 else time.monotonic() + timeout))
             with self.connection.pipeline() as pipeline:
-                run_script(pipeline, START_MANY, 0, repr(stamp.timestamp()), utcformat(stamp), self.name, ttl,
-                           self.execution_index, *execution_key_prefixes(), int(EXECUTION_HOLDS_JOB_ID),
-                           len(queues), *keys, *jobs)
+                start_many(pipeline, stamp.timestamp(), utcformat(stamp), self.name, ttl, self.execution_index,
+                           EXECUTION_HOLDS_JOB_ID, keys, jobs)
                 self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
                 self.heartbeat(ttl, pipeline=pipeline)
                 pipeline.execute()
@@ -508,23 +508,25 @@ class ThreadWorker(ConcurrentCompat, Worker):
                     self.release(run)
 
     def record_successes(self, batch: list[tuple[Running, Any]]) -> list[tuple[Running, Any]]:
-        """Record the successes in ``batch`` in one script (``FINISH_MANY``) with the writes of
+        """Record the successes in ``batch`` in one call (``finish_many``) with the writes of
         RQ's ``handle_execution_ended`` and ``handle_job_success`` for each; return those left to
         RQ's own steps: jobs with dependents (RQ enqueues them).
 
         Usage: ``left = worker.record_successes([(run, return_value)])``
         """
-        jobs: list[Any] = []
+        hash_prefix, registry_prefix = execution_key_prefixes()
+        jobs: list[Finish] = []
         for run, return_value in batch:
             job, execution = run.job, run.execution
             started, finished = self.registry_keys(run.queue)
-            jobs += [job.id, job.key, job.dependents_key, job.dependencies_key, Result.get_key(job.id), finished,
-                     started, execution.id, repr(execution.created_at.timestamp()), repr(job.ended_at.timestamp()),
-                     job.get_result_ttl(self.default_result_ttl), encoded_result(job, return_value),
-                     utcformat(job.ended_at), repr((job.ended_at - job.started_at).total_seconds())]
-        left = run_script(self.connection, FINISH_MANY, 0, current_timestamp(), utcformat(now()), self.name,
-                          self.key, self.execution_index, *execution_key_prefixes(), *jobs)
-        left_positions = {int(position) - 1 for position in left}
+            keys = (job.key, job.dependents_key, job.dependencies_key, Result.get_key(job.id), finished, started,
+                    f"{hash_prefix}{job.id}:{execution.id}", f"{registry_prefix}{job.id}")
+            jobs.append(Finish(job.id, keys, execution.id, repr(execution.created_at.timestamp()),
+                               repr(job.ended_at.timestamp()), job.get_result_ttl(self.default_result_ttl),
+                               encoded_result(job, return_value), utcformat(job.ended_at),
+                               repr((job.ended_at - job.started_at).total_seconds())))
+        left_positions = set(finish_many(self.connection, current_timestamp(), utcformat(now()), self.name, self.key,
+                                         self.execution_index, jobs))
         started_executions = getattr(self, "executions", {})
         for position, (run, _) in enumerate(batch):
             if position not in left_positions:

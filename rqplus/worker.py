@@ -31,6 +31,7 @@ from rqplus.compat import WorkerCompat, rq_signature
 from rqplus.durability import check
 from rqplus.exceptions import DurabilityError, WorkLoopError
 from rqplus.faults import MAX_WAIT, TRANSIENT, wait_out
+from rqplus.functions import with_functions
 from rqplus.job import judged_job_class
 from rqplus.queue import Queue, reposition_admitted
 from rqplus.recovery import hand_back, mark_alive, mark_stopped, rescue_abandoned, worker_identity
@@ -79,6 +80,9 @@ class Worker(WorkerCompat, RQWorker):
             raise ValueError("max_rescues must be >= 0 and rescue_interval >= 1 second")
         self.identity = worker_identity(type(self), self.concurrency)
         super().__init__(**arguments)
+        # RQ change: RQ's own scripts (its scheduler's locks, rate limits) run as functions of
+        # rqplus's library (rqplus.functions), on this connection and on those RQ makes from it.
+        with_functions(self.connection)
         # RQ change: job data is read with the restricted unpickler and job functions resolve
         # through the allow-list (RQ: pickle.loads and import_attribute), in every queue's fetch too
         # (on copies of the queues: a Queue object the caller passed in keeps its own classes)

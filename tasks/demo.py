@@ -46,6 +46,8 @@ PRIORITIES = range(MIN_PRIORITY, MAX_PRIORITY + 1)
 EVENTS_QUEUE = events.QUEUE
 #: The use cases' queues, in the order workers serve them (before the demo's own queue).
 USE_CASE_QUEUES = (payments.QUEUE, emails.QUEUE, EVENTS_QUEUE)
+#: The Redis function libraries the demo's jobs call (``rqplus up --demo`` loads them).
+LIBRARIES = ("tasks.payments", "tasks.gateways", "tasks.logging")
 #: The demo's customers and what each pays.
 CUSTOMERS = {"user_123": "49.99", "user_456": "12.50", "user_789": "100.00"}
 

@@ -27,6 +27,8 @@ from decimal import Decimal
 
 from redis import Redis
 
+from rqplus.functions import Function, Library
+
 #: Status of a charge that took the money.
 SUCCEEDED = "succeeded"
 #: Status of a charge the gateway refused (for good: retrying cannot change it).
@@ -51,6 +53,8 @@ redis.call('SET', KEYS[1], ARGV[1])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 return ARGV[1]
 """
+#: This module's Redis functions (see tasks.payments.FUNCTIONS).
+FUNCTIONS = Library("tasks_gateways", {"record_once": Function(_RECORD_ONCE)})
 
 
 class GatewayError(Exception):
@@ -151,7 +155,7 @@ class SandboxGateway(Gateway):
             created_at=time.time(),
         )
         keys = (SANDBOX_CHARGE_PREFIX + idempotency_key, SANDBOX_LEDGER_KEY)
-        recorded = self.connection.eval(_RECORD_ONCE, len(keys), *keys, attempt.to_json())
+        recorded = FUNCTIONS.call(self.connection, "record_once", keys, [attempt.to_json()])
         kept = Charge.from_json(recorded).require_same_request(user_id, amount, currency)
         if kept.status == DECLINED:
             raise PaymentDeclined(kept)

@@ -53,6 +53,7 @@ from rq import get_current_job  # noqa: E402
 from rqplus import task  # noqa: E402
 from rqplus.connections import connect, redact, redis_url, shared  # noqa: E402
 from rqplus.defaults import DEFAULT_DATA_DIR  # noqa: E402
+from rqplus.functions import Function, Library  # noqa: E402
 
 #: The queue drain jobs go to (``drain_events.delay()``).
 QUEUE = "events"
@@ -97,6 +98,8 @@ RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+#: This module's Redis functions (see tasks.payments.FUNCTIONS).
+FUNCTIONS = Library("tasks_logging", {"next_batch": Function(NEXT_BATCH), "release": Function(RELEASE)})
 
 
 class LeaseLost(RuntimeError):
@@ -238,11 +241,12 @@ class Consumer:
 
     def release(self) -> None:
         """Give the lease up (if still ours), so the next consumer need not wait for it to lapse."""
-        self.connection.eval(RELEASE, 1, LEASE_KEY, self.token)
+        FUNCTIONS.call(self.connection, "release", [LEASE_KEY], [self.token])
         self.token = ""
 
     def _next_batch(self, done: int, size: int) -> list[bytes]:
-        batch = self.connection.eval(NEXT_BATCH, 2, EVENTS_KEY, LEASE_KEY, self.token, self.lease_ms, done, size)
+        batch = FUNCTIONS.call(self.connection, "next_batch", [EVENTS_KEY, LEASE_KEY],
+                               [self.token, self.lease_ms, done, size])
         if batch is None:
             raise LeaseLost(f"the lease on {EVENTS_KEY} went to another consumer; {done} records written "
                             "but not acknowledged will be written again by it")

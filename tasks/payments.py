@@ -41,6 +41,7 @@ from rq.utils import as_text
 
 from rqplus import Queue, task
 from rqplus.connections import shared
+from rqplus.functions import Function, Library
 from rqplus.retry import stop_retries
 from tasks.emails import enqueue_email, parse_address
 from tasks.gateways import Charge, Gateway, IdempotencyKeyReused, PaymentDeclined
@@ -95,6 +96,9 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 'ok'
 """
+#: This module's Redis functions: Redis 7 runs them by name (`rqplus check --install --library
+#: tasks.payments` loads them where the worker's user may not), so no worker needs EVAL.
+FUNCTIONS = Library("tasks_payments", {"count_once": Function(_COUNT_ONCE)})
 
 
 class PaymentValidationError(ValueError):
@@ -241,9 +245,9 @@ def velocity_limit(payment: Payment, settings: Settings, connection: Redis) -> N
     Usage: ``velocity_limit(payment, Settings(), redis)``
     """
     keys = velocity_keys(payment.user_id, payment.currency)
-    verdict = as_text(connection.eval(_COUNT_ONCE, len(keys), *keys, payment.idempotency_key, time.time(),
-                                      settings.velocity_window, settings.velocity_max_count,
-                                      int(settings.velocity_max_total * 100), payment.cents))
+    verdict = as_text(FUNCTIONS.call(connection, "count_once", keys, [
+        payment.idempotency_key, time.time(), settings.velocity_window, settings.velocity_max_count,
+        int(settings.velocity_max_total * 100), payment.cents]))
     if verdict == "count":
         raise FraudRejected(f"user {payment.user_id} made {settings.velocity_max_count} payments in "
                             f"{settings.velocity_window} s (PAYMENTS_VELOCITY_MAX_COUNT)")

@@ -191,6 +191,12 @@ def failed_in_bulk(queue: Queue, count: int, function: str = "tests.jobs.record"
 
 
 ACL_FILE = ROOT / "deploy" / "users.acl"
+REDIS_CONF = ROOT / "deploy" / "redis.conf"
+
+
+def deploy_setting(name: str) -> str:
+    """The value of setting ``name`` in deploy/redis.conf, as shipped."""
+    return next(line.split(None, 1)[1] for line in REDIS_CONF.read_text().splitlines() if line.startswith(f"{name} "))
 #: The harness' own ACL user on ``acl_server`` (set-up and ACL LOG reads), beside the shipped ones.
 ACL_ADMIN = ("test-admin", "test-admin-password")
 
@@ -216,11 +222,13 @@ class AclRedisServer(RedisServer):
 @pytest.fixture
 def acl_server(tmp_path: Path) -> Iterator[AclRedisServer]:
     """A durable private redis-server with deploy/users.acl as shipped, its placeholders replaced by
-    ``acl_password(role)``, plus the harness' ``ACL_ADMIN`` user."""
+    ``acl_password(role)``, plus the harness' ``ACL_ADMIN`` user, and deploy/redis.conf's
+    ``busy-reply-threshold``."""
     acl = tmp_path / "users.acl"
     users = re.sub(r"#CHANGE-ME-(\w+)", lambda match: f">{acl_password(match[1])}", ACL_FILE.read_text())
     acl.write_text(f"{users}user {ACL_ADMIN[0]} on >{ACL_ADMIN[1]} ~* &* +@all\n")
-    with AclRedisServer(config={**DURABLE_CONFIG, "aclfile": acl}, data_dir=tmp_path / "redis") as server:
+    config = {**DURABLE_CONFIG, "aclfile": acl, "busy-reply-threshold": deploy_setting("busy-reply-threshold")}
+    with AclRedisServer(config=config, data_dir=tmp_path / "redis") as server:
         yield server
 
 

@@ -21,6 +21,7 @@ from rqplus import Queue, Worker, priority_of, scripts
 from rqplus.compat import RQ3
 from rqplus.embedded import DURABLE_CONFIG
 from rqplus.exceptions import DurabilityError
+from rqplus.queue import ENQUEUE_MANY_CHUNK
 from rqplus.scheduler import PriorityScheduler
 from tests.jobs import ran
 
@@ -380,12 +381,15 @@ def test_a_backlog_beyond_the_window_is_counted_listed_and_taken_in_order(redis)
     assert redis.exists(queue.window_key, *queue.backlog_keys) == 0, "nothing left behind"
 
 
-def test_enqueue_many_orders_a_whole_batch_with_one_script(redis):
+def test_enqueue_many_writes_in_chunks_one_function_call_each(redis):
     queue = Queue("q", connection=redis)
+    first = queue.enqueue(JOB, "first")  # the library is loaded (and checked) before the count
     redis.config_resetstat()
     order = fill_past_the_window(queue, extra=50)
-    assert redis.info("commandstats")["cmdstat_eval"]["calls"] == 1
-    assert queue.get_job_ids() == order
+    stats = redis.info("commandstats")
+    assert stats["cmdstat_fcall"]["calls"] == math.ceil((scripts.WINDOW + 50) / ENQUEUE_MANY_CHUNK)
+    assert "cmdstat_exec" not in stats, "no MULTI/EXEC: every job's writes are inside a call"
+    assert [job_id for job_id in queue.get_job_ids() if job_id != first.id] == order
 
 
 def test_remove_cancel_and_delete_reach_the_backlog(redis):
