@@ -1,9 +1,12 @@
-"""Redis faults that rqplus waits out instead of failing: unreachable, loading its data, out of memory.
+"""Redis faults that rqplus waits out instead of failing: unreachable, loading its data, out of
+memory, busy running a script.
 
 A worker meets them on every Redis call of its loop: a restart (connection refused, then
 ``LOADING`` while it reads its append-only file), a network cut (timeouts), a full ``maxmemory``
-with ``noeviction`` (every write refused). None is a reason to quit or to fail a job: the call is
-made again, with backoff, until Redis serves it.
+with ``noeviction`` (every write refused), a script or function running past
+``busy-reply-threshold`` (``BUSY`` to every other command until it ends or an operator kills it).
+None is a reason to quit or to fail a job: the call is made again, with backoff, until Redis
+serves it.
 
 Usage::
 
@@ -18,14 +21,24 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from redis.exceptions import BusyLoadingError, ConnectionError, OutOfMemoryError, TimeoutError
+from redis._parsers.base import BaseParser
+from redis.exceptions import BusyLoadingError, ConnectionError, OutOfMemoryError, ResponseError, TimeoutError
 
 T = TypeVar("T")
+
+
+class BusyScriptError(ResponseError):
+    """Redis answered ``BUSY``: a script or function has run past ``busy-reply-threshold``."""
+
+
+# redis-py raises a plain ResponseError for BUSY; a class of its own lets `except` clauses tell it
+# apart (a subclass of the same error: code that caught ResponseError still does)
+BaseParser.EXCEPTION_CLASSES.setdefault("BUSY", BusyScriptError)
 
 #: Redis cannot be reached for now (restarting, network): BusyLoadingError (LOADING) is one of them.
 REDIS_DOWN = (ConnectionError, TimeoutError)
 #: Every fault a worker waits out.
-TRANSIENT = (*REDIS_DOWN, OutOfMemoryError)
+TRANSIENT = (*REDIS_DOWN, OutOfMemoryError, BusyScriptError)
 #: Longest pause between two attempts (seconds), so that work resumes within seconds of a restart.
 MAX_WAIT = 5.0
 
@@ -41,6 +54,9 @@ def diagnosis(error: Exception) -> str:
                 "result_ttl / failure_ttl seconds. Pausing until writes succeed")
     if isinstance(error, BusyLoadingError):
         return "Redis is loading its data after a restart. Waiting for it"
+    if isinstance(error, BusyScriptError):
+        return ("Redis is busy running a script or function past busy-reply-threshold, and answers BUSY: "
+                "waiting for it to end (an operator can stop a read-only one: FUNCTION KILL / SCRIPT KILL)")
     # RQ's own wording, which operators (and tests) already look for
     return f"could not connect to Redis instance: {error}; retrying"
 
@@ -49,7 +65,7 @@ def wait_out(call: Callable[[], T], log: logging.Logger, who: str, first: float 
              cap: float = MAX_WAIT, faults: tuple[type[Exception], ...] = TRANSIENT,
              give_up_after: float | None = None) -> T:
     """``call()``, made again after a pause (``first`` s, times ``factor``, at most ``cap``) while
-    it raises one of ``faults`` (default: Redis unreachable, loading or out of memory), for at most
+    it raises one of ``faults`` (default: Redis unreachable, loading, out of memory or busy), for at most
     ``give_up_after`` seconds (default: for ever; then the last fault is raised). Each kind of
     fault is logged once, and the recovery too. Other errors propagate, and so do signals'
     exceptions (a stop request).

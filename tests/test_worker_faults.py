@@ -432,6 +432,37 @@ def test_workers_pause_while_redis_is_out_of_memory_and_drain_when_it_is_raised(
     assert all("raise maxmemory" in processes.output(proc) for proc in (running, late)), "the fix is named"
 
 
+#: A read-only script that keeps Redis busy for ARGV[1] seconds (Redis answers BUSY to everyone else
+#: after busy-reply-threshold); a test sends it as the default user, which may EVAL.
+BUSY_FOR = """
+local start = tonumber(redis.call('TIME')[1])
+while tonumber(redis.call('TIME')[1]) - start < tonumber(ARGV[1]) do end
+return 1
+"""
+
+
+@pytest.mark.parametrize("worker_class", ["rqplus.Worker", "rqplus.ThreadWorker"])
+def test_workers_wait_out_a_busy_script_and_record_the_job_that_ended_meanwhile(redis_factory, processes, tmp_path,
+                                                                                 worker_class):
+    server = redis_factory(busy_reply_threshold=100)
+    redis = server.client()
+    runs_file = tmp_path / "runs.txt"
+    runs_file.touch()
+    worker = processes.rq_worker(server.url, "busy", burst=False, worker_class=worker_class,
+                                 env={RUNS_FILE_ENV: str(runs_file)})
+    listening(processes, worker, ("busy",))
+    queue = Queue("busy", connection=redis)
+    during = queue.enqueue(NOTE, "during", 1)
+    wait_for(lambda: "during" in runs_file.read_text(), timeout=BOUND)
+    server.client().eval(BUSY_FOR, 0, 4)  # the job ends, and its worker beats, while Redis answers BUSY
+    after = queue.enqueue(NOTE, "after", 0)
+    wait_for(lambda: after.get_status(refresh=True) == "finished", timeout=BOUND)
+    assert worker.poll() is None, tail(processes, worker)
+    assert during.get_status(refresh=True) == "finished"
+    assert runs_file.read_text().split() == ["during", "after"]
+    assert "busy running a script" in processes.output(worker)
+
+
 # --- 5. Corrupt data ---------------------------------------------------------------------------
 
 
