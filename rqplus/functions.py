@@ -240,15 +240,18 @@ def queue_empty_scripts() -> list[str]:
     Usage: ``queue_empty_scripts()``
     """
     from rq.job import Job as RQJob
-    from rq.queue import Queue as RQQueue
 
     from rqplus.job import Job
+    from rqplus.queue import Queue
 
+    # RQ's own empty, as rqplus.Queue inherits it: `rq.Queue` itself may be rqplus.Queue by now
+    # (RQ's drop-in suite substitutes it at the source)
+    stock_empty = Queue.__base__.empty
     registered: list[str | bytes] = []
     capture = SimpleNamespace(register_script=lambda body: registered.append(body) or (lambda **_: 0))
     for job_class in (RQJob, Job):
         stand_in = SimpleNamespace(job_class=job_class, connection=capture, key="rq:queue:")
-        RQQueue.empty(stand_in)  # type: ignore[arg-type]
+        stock_empty(stand_in)
     return sorted({as_text(body) for body in registered})
 
 

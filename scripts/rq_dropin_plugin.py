@@ -303,8 +303,7 @@ def pytest_unconfigure(config: Any) -> None:
     children = psutil.Process().children(recursive=True)
     if not children:
         return
-    _record({"event": "leftover", "processes": [f"{c.pid} {' '.join(c.cmdline()[:4])}" for c in children
-                                                  if c.is_running()]})
+    _record({"event": "leftover", "processes": [_described(c) for c in children]})
     for child in children:
         try:
             child.terminate()
@@ -499,3 +498,13 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _described(process: Any) -> str:
+    """``pid command...`` of a leftover process; a zombie or one gone meanwhile has no command line."""
+    import psutil
+
+    try:
+        return f"{process.pid} {' '.join(process.cmdline()[:4])}"
+    except psutil.Error as error:
+        return f"{process.pid} ({type(error).__name__})"
