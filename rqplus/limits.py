@@ -97,7 +97,7 @@ class Duration:
 #: ``failure_ttl`` of 0 would delete a failed job at once (its id left in the failed registry);
 #: ``result_ttl=0`` keeps no result, as RQ documents; ``ttl`` has no "for ever" but None.
 DURATIONS = (Duration("job_timeout", "timeout", 1, True), Duration("result_ttl", "result_ttl", 0, True),
-             Duration("failure_ttl", "failure_ttl", 1, True), Duration("ttl", "ttl", 1, False))
+             Duration("failure_ttl", "failure_ttl", 0, True), Duration("ttl", "ttl", 1, False))
 
 
 def check_options(options: dict[str, Any], default_timeout: Any = None) -> None:

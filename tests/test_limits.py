@@ -59,7 +59,6 @@ BAD_OPTIONS = [
     ({"job_timeout": True}, TypeError, "job_timeout must be whole seconds"),
     ({"result_ttl": 10**20}, ValueError, "result_ttl=100000000000000000000 is out of range: seconds from 0 to"),
     ({"result_ttl": -2}, ValueError, "result_ttl=-2 is out of range"),
-    ({"failure_ttl": 0}, ValueError, "failure_ttl=0 is out of range: seconds from 1"),
     ({"failure_ttl": -5}, ValueError, "failure_ttl=-5 is out of range"),
     ({"failure_ttl": 10**20}, ValueError, "failure_ttl=100000000000000000000 is out of range"),
     ({"ttl": 0}, ValueError, "ttl=0 is out of range: seconds from 1 to 315,360,000 \\(10 years\\)$"),
@@ -106,7 +105,7 @@ def test_rqs_forms_and_the_bounds_themselves_are_accepted(redis, way):
     for options, stored in (
             ({"job_timeout": "1h", "result_ttl": "30m", "failure_ttl": "2d", "ttl": "90s"}, (3600, 1800, 172800, 90)),
             ({"job_timeout": " 90 ", "result_ttl": 0, "failure_ttl": "-1", "ttl": 1}, (90, 0, -1, 1)),
-            ({"job_timeout": -1, "result_ttl": -1, "failure_ttl": 1, "ttl": None}, (-1, -1, 1, None)),
+            ({"job_timeout": -1, "result_ttl": -1, "failure_ttl": 0, "ttl": None}, (-1, -1, 0, None)),
             ({"job_timeout": MAX_DURATION, "result_ttl": MAX_DURATION, "failure_ttl": MAX_DURATION,
               "ttl": f"{MAX_DURATION // 86400}d"}, (MAX_DURATION,) * 4)):
         job = WAYS_IN[way](queue, **options, job_id="j" * MAX_JOB_ID)
@@ -159,7 +158,7 @@ def test_names_with_colons_dots_and_dashes_are_queue_names(redis):
 
 @pytest.mark.parametrize("options, error, message", [
     ({"job_timeout": 10**30}, ValueError, "job_timeout=1000000000000000000000000000000 is out of range"),
-    ({"failure_ttl": 0}, ValueError, "failure_ttl=0 is out of range"),
+    ({"failure_ttl": -5}, ValueError, "failure_ttl=-5 is out of range"),
     ({"ttl": "1y"}, DurationFormatError, "ttl='1y' is not a duration"),
 ])
 def test_task_defaults_are_held_to_the_same_bounds(options, error, message):

