@@ -31,6 +31,7 @@ from rqplus import requeue as runs
 from rqplus.compat import RQ_SCRIPT_MODULES
 from rqplus.dashboard import Credentials, create_app
 from rqplus.embedded import RedisServer, RedisServerError
+from rqplus.faults import BusyScriptError
 from rqplus.functions import library_named, queue_empty_scripts, rqplus_library
 from rqplus.lua import FUNCTIONS, HELPERS, source
 from tasks.emails import enqueue_email
@@ -420,8 +421,8 @@ def test_the_operator_stops_a_runaway_read_only_function_within_the_threshold(ac
         runner = threading.Thread(target=run)
         runner.start()
         time.sleep(0.2)
-        with pytest.raises(ResponseError, match="BUSY"):
-            producer.ping()  # answered once the threshold has passed
+        with pytest.raises(BusyScriptError, match="busy running a script"):
+            producer.ping()  # answered BUSY once the threshold has passed
         killed = time.monotonic()
         assert kill()
         runner.join(10)
